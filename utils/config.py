@@ -1,0 +1,201 @@
+"""YAML configuration: defaults, merge, validation and ``--opts`` overrides.
+
+A config is a plain nested dict. ``load_config(path, opts)`` merges the YAML file over
+``DEFAULTS``, applies ``a.b=value`` overrides (parsed with ``ast.literal_eval``), and
+validates the result: unknown keys raise, and every value must have the type of its default
+(ints are accepted where floats are expected; ``None`` defaults accept anything). Strings that
+look like numbers (PyYAML reads ``1e-5`` as the string "1e-5") are converted where the
+default is a float.
+"""
+import ast
+import copy
+import os
+
+import yaml
+
+# Every key the code reads. Sizes here are paper size (section 3.2 of the CIEC paper);
+# configs/demo.yaml shrinks them.
+DEFAULTS = {
+    "data": {
+        "root": "data/DGM4",                  # image paths in records are relative to this folder
+        "train_files": ["metadata/train.json"],  # relative to root; a list, so train+val is a choice
+        "val_files": ["metadata/val.json"],
+        "test_files": ["metadata/test.json"],
+        "face_cache": "faces.json",           # relative to root (preprocess/detect_faces.py)
+        "stopword_cache": "stopwords.json",   # relative to root (preprocess/stopword_masks.py)
+        "tokenizer": "checkpoints/roberta-base",  # local folder, RoBERTa-style fast tokenizer
+        "image_size": 256,                    # section 3.2
+        "max_len": 50,                        # section 3.2: text padded to 50 tokens
+        "max_words": 50,                      # benchmark's pre_caption word cap
+        "num_boxes": 5,                       # n, section 3.2
+        "on_bad_record": "fail",              # fail | skip
+        "num_workers": 4,
+    },
+    "model": {
+        "hidden_size": 768,                   # D of the CFA and of every head
+        "vit": {"embed_dim": 768, "depth": 11, "num_heads": 12, "patch_size": 16, "mlp_ratio": 4.0},
+        "text": {"vocab_size": 50265, "hidden_size": 768, "num_layers": 12, "num_heads": 12,
+                 "intermediate_size": 3072, "max_position_embeddings": 514, "layer_norm_eps": 1.0e-5},
+        "cfa": {"num_layers": 6, "num_heads": 12, "intermediate_size": 3072, "dropout": 0.1},
+        "trps": {
+            "topk": 8,                        # Top-K of the coarse patch prediction (2.3.1)
+            "tau1": 2.0,                      # eq. 3
+            "tau2": 0.1,                      # eqs. 6-7
+            "box_reduce": "mean",             # mean | sum: normalisation of Sum in S^iv, S^ev (eq. 4)
+            "proj_dim": 256,                  # shared space of Sim(V_pat, T_cls)
+            "text_aid": True,                 # S^ev branch (Table 2 "w/o Text-aid")
+        },
+        "vctg": {
+            "topk": 3,                        # Top-K of the coarse token prediction (2.4.1)
+            "kernel_size": 3,                 # eq. 13
+            "proj_dim": 256,                  # shared space of Sim(T_tok, V_pat), eq. 14
+            "image_aid": True,                # S^et branch (Table 3 "w/o Image-aid")
+            "gate": "softmax",                # softmax | sigmoid: form of W^it, W^et in eq. 16
+            "gate_tokens_by_text": True,      # token predictions zeroed when the text is judged real
+            "token_threshold": 0.5,
+        },
+    },
+    "pretrained": {
+        "meter": None,                        # METER Lightning .ckpt
+        "openai_clip": None,                  # OpenAI ViT-B-16.pt (position-embedding source)
+        "roberta": None,                      # local roberta-base folder (weights)
+        "pos_embed_source": "meter",          # meter | openai
+    },
+    "loss": {
+        "weights": {"bic": 1.0, "v_coarse": 1.0, "v_fine": 1.0, "bsc": 1.0, "sce": 1.0,
+                    "t_coarse": 1.0, "t_fine": 1.0, "asc": 1.0, "scc": 1.0},
+        "bsc_eps": 0.1,                       # epsilon, eq. 9
+        "sce_delta": 0.2,                     # delta_1, eq. 11
+        "sce_topk": 8,                        # K_1, eq. 11
+        "sce_sigma": 0.25,                    # width of the spatial weighting in H (grid units / N)
+        "asc_lambda": 2.0,                    # lambda, eq. 20
+        "asc_k2_ratio": 0.1,                  # K_2 = max(k2_min, ceil(ratio * #content tokens)), eq. 19
+        "asc_k2_min": 1,
+        "scc_delta": 0.1,                     # delta_2, eq. 21
+    },
+    "train": {
+        "output_dir": "output/ciec",
+        "epochs": 50,
+        "batch_size": 32,                     # per GPU (8 GPUs -> 256)
+        "accum_steps": 1,
+        "lr": 1.0e-5,
+        "min_lr": 1.0e-6,
+        "weight_decay": 0.02,
+        "warmup_steps": 1000,
+        "amp": "bf16",                        # bf16 | fp16 | none
+        "clip_grad": 0.0,                     # 0 disables
+        "seed": 777,
+        "deterministic": False,
+        "log_every": 50,
+        "save_every_steps": 0,                # 0: checkpoint only at epoch end
+        "device": "auto",                     # auto | cpu | cuda
+    },
+    "eval": {
+        "batch_size": 64,
+        "split": "test",
+    },
+}
+
+
+def _coerce(value, default, key):
+    """Return ``value`` converted to the type of ``default``; raise on a mismatch."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise TypeError(f"config key {key}: expected bool, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise TypeError(f"config key {key}: expected float, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"config key {key}: expected float, got {value!r}")
+        return float(value)
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"config key {key}: expected int, got {value!r}")
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise TypeError(f"config key {key}: expected str, got {value!r}")
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise TypeError(f"config key {key}: expected list, got {value!r}")
+        return value
+    return value
+
+
+def merge(base, override, prefix=""):
+    """Recursively merge ``override`` into a copy of ``base``; unknown keys raise KeyError."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        path = f"{prefix}{key}"
+        if key not in base:
+            raise KeyError(f"unknown config key: {path} (known: {sorted(base)})")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise TypeError(f"config key {path}: expected a mapping, got {value!r}")
+            out[key] = merge(base[key], value, prefix=path + ".")
+        else:
+            out[key] = _coerce(value, base[key], path)
+    return out
+
+
+def parse_opts(opts):
+    """Turn ``["a.b=1", "c=x"]`` into a nested dict, values parsed with literal_eval."""
+    nested = {}
+    for opt in opts or []:
+        if "=" not in opt:
+            raise ValueError(f"--opts entries look like key.sub=value, got {opt!r}")
+        key, raw = opt.split("=", 1)
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw  # a bare string
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def load_config(path=None, opts=None, base=None):
+    """Defaults <- ``base`` file's own ``_base_`` chain <- YAML at ``path`` <- ``opts``."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        cfg = merge(cfg, _read_yaml_chain(path))
+    return merge(cfg, parse_opts(opts))
+
+
+def _read_yaml_chain(path):
+    """Read a YAML file; a top-level ``_base_: other.yaml`` (relative to it) is merged first."""
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise TypeError(f"{path}: a config file must hold a mapping")
+    base = data.pop("_base_", None)
+    if base is None:
+        return data
+    parent = _read_yaml_chain(os.path.join(os.path.dirname(path), base))
+    return _deep_update(parent, data)
+
+
+def _deep_update(base, override):
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def save_config(cfg, path):
+    """Write the resolved config as YAML (floats stay floats)."""
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
