@@ -1,9 +1,50 @@
-"""Test-suite setup: offline mode, quiet TensorFlow, repository root importable."""
+"""Test-suite setup: offline mode, quiet TensorFlow, repository root importable, and a tiny
+synthetic DGM4-format benchmark (generated, preprocessed and tokenised once per session)."""
 import os
+import subprocess
 import sys
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def run_script(*args, cwd=ROOT, timeout=600):
+    """Run ``python <args>`` from the repository root; fail the test with its output on error."""
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmark(tmp_path_factory):
+    """A synthetic benchmark of 64/16/16 samples with face cache, stop-word masks and tokenizer.
+
+    Returns a dict of paths: root, tokenizer, faces, stopwords.
+    """
+    root = tmp_path_factory.mktemp("synthetic")
+    splits = ["metadata/train.json", "metadata/val.json", "metadata/test.json"]
+    run_script("preprocess/make_synthetic.py", "--out", str(root), "--train", "64", "--val", "16",
+               "--test", "16", "--seed", "0")
+    run_script("preprocess/detect_faces.py", "--data-root", str(root), "--metadata", *splits,
+               "--out", str(root / "faces.json"), "--from-metadata")
+    run_script("preprocess/stopword_masks.py", "--data-root", str(root), "--metadata", *splits,
+               "--out", str(root / "stopwords.json"))
+    run_script("preprocess/train_tokenizer.py", "--data-root", str(root), "--metadata", splits[0],
+               "--out", str(root / "tokenizer"), "--vocab-size", "600")
+    return {"root": str(root), "tokenizer": str(root / "tokenizer"), "faces": "faces.json",
+            "stopwords": "stopwords.json"}
+
+
+def tiny_opts(bench, output_dir, **extra):
+    """``--opts`` pointing configs/debug.yaml at the tiny benchmark."""
+    opts = [f"data.root={bench['root']}", f"data.tokenizer={bench['tokenizer']}",
+            f"train.output_dir={output_dir}"]
+    opts += [f"{k}={v}" for k, v in extra.items()]
+    return opts

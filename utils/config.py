@@ -17,18 +17,21 @@ import yaml
 # configs/demo.yaml shrinks them.
 DEFAULTS = {
     "data": {
-        "root": "data/DGM4",                  # image paths in records are relative to this folder
-        "train_files": ["metadata/train.json"],  # relative to root; a list, so train+val is a choice
-        "val_files": ["metadata/val.json"],
-        "test_files": ["metadata/test.json"],
-        "face_cache": "faces.json",           # relative to root (preprocess/detect_faces.py)
-        "stopword_cache": "stopwords.json",   # relative to root (preprocess/stopword_masks.py)
+        "root": "data",                       # image paths in records are relative to this folder
+        "train_files": ["DGM4/metadata/train.json"],  # relative to root; a list, so train+val is a choice
+        "val_files": ["DGM4/metadata/val.json"],
+        "test_files": ["DGM4/metadata/test.json"],
+        "face_cache": "DGM4/faces.json",      # relative to root (preprocess/detect_faces.py)
+        "stopword_cache": "DGM4/stopwords.json",  # relative to root (preprocess/stopword_masks.py)
         "tokenizer": "checkpoints/roberta-base",  # local folder, RoBERTa-style fast tokenizer
         "image_size": 256,                    # section 3.2
         "max_len": 50,                        # section 3.2: text padded to 50 tokens
         "max_words": 50,                      # benchmark's pre_caption word cap
         "num_boxes": 5,                       # n, section 3.2
         "on_bad_record": "fail",              # fail | skip
+        "box_tolerance": 0.05,                # fake_image_box may leave the image by this fraction of W/H (MTCNN boxes)
+        "jpeg_draft": True,                   # decode JPEGs at 1/2-1/8 scale when still >= 2x image_size (speed)
+        "check_images": True,                 # with on_bad_record=skip: decode every image once at load, drop bad ones
         "num_workers": 4,
     },
     "model": {
@@ -53,6 +56,9 @@ DEFAULTS = {
             "gate": "softmax",                # softmax | sigmoid: form of W^it, W^et in eq. 16
             "gate_tokens_by_text": True,      # token predictions zeroed when the text is judged real
             "token_threshold": 0.5,
+            "zscore_tokens": "content",       # content | words: tokens whose mean/std give the z-score of eq. 15
+            "fine_pool": "weighted",          # weighted | length: sum_i S^t_i T_i / sum_i S^t_i or / #content (2.4.2)
+            "text_decision": "fine",          # fine | coarse: sentence score (> 0.5) that gates token_pred
         },
     },
     "pretrained": {

@@ -1,0 +1,72 @@
+"""Evaluate a CIEC checkpoint with the DGM4 protocol and print a Table 1 row beside the paper's.
+
+    python test.py                                   # best.pth of configs/ciec.yaml on the DGM4 test split
+    python test.py --config configs/demo.yaml --checkpoint output/demo/best.pth --out output/demo/test
+    torchrun --nproc_per_node=8 test.py --config configs/ciec.yaml   # same numbers, 8x faster
+
+Writes ``metrics.json`` (the nine Table 1 keys in percent, the subset tables and diagnostics) and
+``predictions.jsonl`` (one line per sample) into ``--out``; ``--visualize N`` also renders N pictures
+in the style of the paper's Figure 3.
+"""
+import argparse
+import json
+import os
+
+import torch
+from torch.utils.data import DataLoader
+
+from datasets.dgm4 import build_dataset, collate
+from datasets.sampler import eval_sampler
+from datasets.text import load_tokenizer
+from models import build_model
+from utils import dist
+from utils.checkpoint import load_checkpoint
+from utils.config import load_config
+from utils.evaluator import evaluate
+from utils.report import format_report, write_predictions
+from utils.visualize import render_predictions
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/ciec.yaml")
+    parser.add_argument("--checkpoint", default=None, help="default: <train.output_dir>/best.pth")
+    parser.add_argument("--split", default=None, choices=["train", "val", "test"], help="default: eval.split")
+    parser.add_argument("--out", default=None, help="default: <train.output_dir>/eval_<split>")
+    parser.add_argument("--visualize", type=int, default=0, metavar="N")
+    parser.add_argument("--opts", nargs="*", default=[])
+    return parser.parse_args(argv)
+
+
+def main(args):
+    cfg = load_config(args.config, args.opts)
+    split = args.split or cfg["eval"]["split"]
+    ckpt_path = args.checkpoint or os.path.join(cfg["train"]["output_dir"], "best.pth")
+    out = args.out or os.path.join(cfg["train"]["output_dir"], f"eval_{split}")
+    rank, world, _, device = dist.init_distributed(cfg["train"]["device"])
+
+    tokenizer = load_tokenizer(cfg["data"]["tokenizer"])
+    dataset = build_dataset(cfg, split)
+    loader = DataLoader(dataset, batch_size=cfg["eval"]["batch_size"], sampler=eval_sampler(dataset, world, rank),
+                        num_workers=cfg["data"]["num_workers"], collate_fn=collate, pin_memory=True)
+    model = build_model(cfg, pad_token_id=tokenizer.pad_token_id)
+    ckpt = load_checkpoint(ckpt_path, model=model, strict=True)
+    model.to(device)
+    print(f"checkpoint {ckpt_path} (epoch {ckpt.get('epoch')}, global step {ckpt.get('global_step')}); "
+          f"split {split}: {len(dataset)} samples")
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[cfg["train"]["amp"]]
+    metrics, predictions = evaluate(model, loader, device, amp_dtype=amp)
+    if dist.is_main():
+        os.makedirs(out, exist_ok=True)
+        print(format_report(metrics, split))
+        with open(os.path.join(out, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=1)
+        write_predictions(predictions, os.path.join(out, "predictions.jsonl"))
+        if args.visualize:
+            render_predictions(dataset, predictions, args.visualize, os.path.join(out, "vis"))
+        print(f"wrote {out}/metrics.json and predictions.jsonl")
+    dist.cleanup()
+
+
+if __name__ == "__main__":
+    main(parse_args())
