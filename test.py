@@ -23,7 +23,7 @@ from utils import dist
 from utils.checkpoint import load_checkpoint
 from utils.config import load_config
 from utils.evaluator import evaluate
-from utils.report import format_report, write_predictions
+from utils.report import format_report, json_safe, write_predictions
 from utils.visualize import render_predictions
 
 
@@ -60,7 +60,7 @@ def main(args):
         os.makedirs(out, exist_ok=True)
         print(format_report(metrics, split))
         with open(os.path.join(out, "metrics.json"), "w") as f:
-            json.dump(metrics, f, indent=1)
+            json.dump(json_safe(metrics), f, indent=1, allow_nan=False)
         write_predictions(predictions, os.path.join(out, "predictions.jsonl"))
         if args.visualize:
             render_predictions(dataset, predictions, args.visualize, os.path.join(out, "vis"))

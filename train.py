@@ -32,13 +32,12 @@ from losses import build_criterion
 from models import build_model
 from models.pretrained import load_pretrained
 from utils import dist
-from utils.checkpoint import find_resume, load_checkpoint, save_checkpoint
+from utils.checkpoint import find_resume, gather_rng_states, load_checkpoint, save_checkpoint
 from utils.config import load_config, save_config
-from utils.evaluator import evaluate
-from utils.logger import JsonlWriter, TensorboardWriter
+from utils.evaluator import evaluate, flatten_metrics
+from utils.logger import JsonlWriter, TensorBoardWriter
 from utils.schedule import lr_at, set_lr
-from utils.training import (amp_context, build_optimizer, capture_rng, restore_rng, seed_everything,
-                            to_device)
+from utils.training import amp_context, build_optimizer, seed_everything, to_device
 
 
 def parse_args(argv=None):
@@ -100,11 +99,12 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, cfg, state, ctx
         count += 1
         if not last_micro:
             continue
+        # the lr of the update that makes global step g+1 (warm-up never spends a step at lr 0)
+        set_lr(optimizer, lr_at(state["global_step"] + 1, tcfg["lr"], tcfg["min_lr"], tcfg["warmup_steps"],
+                                ctx["total_steps"]))
         optimizer_step(model, optimizer, scaler, tcfg)
         state["global_step"] += 1
         state["step_in_epoch"] += 1
-        set_lr(optimizer, lr_at(state["global_step"], tcfg["lr"], tcfg["min_lr"], tcfg["warmup_steps"],
-                                ctx["total_steps"]))
         bar.update(1)
         if state["global_step"] % tcfg["log_every"] == 0:
             log_train(sums, count, optimizer, state, ctx)
@@ -130,13 +130,14 @@ def log_train(sums, count, optimizer, state, ctx):
         row = {f"train/{k}": float(v) for k, v in means.items()}
         row["lr"] = optimizer.param_groups[0]["lr"]
         ctx["jsonl"].write({"global_step": state["global_step"], "epoch": state["epoch"], **row})
-        ctx["tb"].scalars(row, state["global_step"])
+        ctx["tb"].add_scalars(row, state["global_step"])
 
 
 def save(path, model, optimizer, scaler, cfg, state):
+    rng = gather_rng_states()  # collective: every rank's RNG, for an exact per-rank resume
     if dist.is_main():
         save_checkpoint(str(path), model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
-                        scaler=scaler.state_dict(), rng=capture_rng(), config=cfg, **state)
+                        scaler=scaler.state_dict(), rng=rng, config=cfg, **state)
     dist.barrier()
 
 
@@ -150,9 +151,8 @@ def resume(out, model, optimizer, scaler):
     path = find_resume(str(out))
     if path is None:
         return state
-    ckpt = load_checkpoint(path, model=model, optimizer=optimizer, scaler=scaler, strict=True)
+    ckpt = load_checkpoint(path, model=model, optimizer=optimizer, scaler=scaler, strict=True)  # and RNG
     state.update({k: ckpt[k] for k in state})
-    restore_rng(ckpt["rng"])
     print(f"resumed from {path}: epoch {state['epoch']}, step {state['step_in_epoch']} of the epoch, "
           f"global step {state['global_step']}")
     return state
@@ -178,15 +178,14 @@ def main(cfg):
     optimizer = build_optimizer(model, tcfg["lr"], tcfg["weight_decay"])
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg["amp"] == "fp16")
     state = resume(out, model, optimizer, scaler)
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else model
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                  find_unused_parameters=has_unused_parameters(cfg)) if world > 1 else model
 
     sampler = train_loader.sampler
     total_steps = tcfg["epochs"] * sampler.steps_per_epoch
     ctx = {"device": device, "out": out, "total_steps": total_steps,
            "jsonl": JsonlWriter(str(out / "log.jsonl"), enabled=dist.is_main()),
-           "tb": TensorboardWriter(str(out / "tb"), enabled=dist.is_main())}
-    set_lr(optimizer, lr_at(state["global_step"], tcfg["lr"], tcfg["min_lr"], tcfg["warmup_steps"], total_steps))
+           "tb": TensorBoardWriter(str(out / "tb"), enabled=dist.is_main())}
     while state["epoch"] < tcfg["epochs"]:
         t0 = time.time()
         sampler.set_epoch(state["epoch"])
@@ -210,13 +209,20 @@ def end_of_epoch(model, optimizer, scaler, cfg, state, ctx, train_stats, metrics
     if dist.is_main():
         row = {"epoch": state["epoch"], "global_step": state["global_step"], "seconds": round(seconds, 1),
                **{f"train/{k}": v for k, v in train_stats.items()},
-               **{f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+               **flatten_metrics(metrics, prefix="val/")}
         ctx["jsonl"].write(row)
-        ctx["tb"].scalars({k: v for k, v in row.items() if "/" in k}, state["global_step"])
+        ctx["tb"].add_scalars({k: v for k, v in row.items() if "/" in k}, state["global_step"])
         brief = ", ".join(f"{k} {metrics[k]:.2f}" for k in ("AUC", "ACC", "IoU_mean", "IoU50", "F1"))
         print(f"epoch {state['epoch']}/{cfg['train']['epochs']} ({seconds:.0f}s): "
               f"loss {train_stats.get('loss', float('nan')):.4f}; val {brief}"
               + (" [best]" if improved else ""), flush=True)
+
+
+def has_unused_parameters(cfg):
+    """Ablations that switch a loss or a branch off leave parameters without gradients; DDP must know."""
+    m = cfg["model"]
+    return (any(w == 0 for w in cfg["loss"]["weights"].values()) or not m["trps"]["text_aid"]
+            or not m["vctg"]["image_aid"] or m["cfa"]["num_layers"] == 0)
 
 
 def amp_dtype(amp):

@@ -38,7 +38,8 @@ DEFAULTS = {
         "hidden_size": 768,                   # D of the CFA and of every head
         "vit": {"embed_dim": 768, "depth": 11, "num_heads": 12, "patch_size": 16, "mlp_ratio": 4.0},
         "text": {"vocab_size": 50265, "hidden_size": 768, "num_layers": 12, "num_heads": 12,
-                 "intermediate_size": 3072, "max_position_embeddings": 514, "layer_norm_eps": 1.0e-5},
+                 "intermediate_size": 3072, "max_position_embeddings": 514, "layer_norm_eps": 1.0e-5,
+                 "dropout": 0.1},                 # roberta-base's hidden and attention dropout
         "cfa": {"num_layers": 6, "num_heads": 12, "intermediate_size": 3072, "dropout": 0.1},
         "trps": {
             "topk": 8,                        # Top-K of the coarse patch prediction (2.3.1)

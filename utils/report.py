@@ -1,8 +1,8 @@
 """Printing and writing evaluation results: the Table 1 row beside the paper's, the subset tables,
-``predictions.jsonl`` and the Figure-3-style pictures of ``test.py --visualize``.
+and ``predictions.jsonl``.
 """
 import json
-import os
+import math
 
 TABLE1_KEYS = ["AUC", "EER", "ACC", "IoU_mean", "IoU50", "IoU75", "Precision", "Recall", "F1"]
 HEADERS = ["AUC", "EER", "ACC", "IoU_m", "IoU50", "IoU75", "Prec.", "Recall", "F1"]
@@ -36,14 +36,15 @@ def write_predictions(predictions, path):
     """One JSON object per line, numbers as numbers."""
     with open(path, "w") as f:
         for record in predictions:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
 
 
-def render_predictions(dataset, predictions, n, out_dir):
-    """Render the first ``n`` image- or text-manipulated predictions (Figure 3 style)."""
-    from utils.visualize import render_figure3
-    os.makedirs(out_dir, exist_ok=True)
-    chosen = [p for p in predictions if p["fake_cls"] != "orig"][:n]
-    for p in chosen:
-        render_figure3(dataset, p, os.path.join(out_dir, f"{p['id']}.png"))
-    print(f"rendered {len(chosen)} pictures into {out_dir}")
+def json_safe(value):
+    """NaN/inf (e.g. AUC of a one-class subset) become None, so the file stays valid JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,5 +1,5 @@
-"""Small pieces of the training step shared by train.py and the tests: seeding, RNG capture for
-exact resume, autocast selection, the AdamW optimiser of section 3.2, and moving a batch to a device.
+"""Small pieces of the training step shared by train.py, test.py and the evaluator: seeding,
+autocast selection, the AdamW optimiser of section 3.2, and moving a batch to a device.
 """
 import contextlib
 import random
@@ -18,30 +18,6 @@ def seed_everything(seed, deterministic=False):
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
-
-
-def capture_rng():
-    """RNG states as weights_only-safe values (tensors, lists, ints)."""
-    py = random.getstate()
-    np_state = np.random.get_state()
-    state = {"python": [py[0], list(py[1]), py[2]],
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                       int(np_state[3]), float(np_state[4])],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state):
-    """Inverse of :func:`capture_rng`."""
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def amp_context(device, amp):

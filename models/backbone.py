@@ -1,0 +1,79 @@
+"""CIEC backbone, paper section 2.2: image encoder, text encoder and the CFA (METER layout).
+
+- ``vit_model``: CLIP-style ViT (timm ``VisionTransformer``): conv patch embedding without bias,
+  class token, learned position embedding over 1+N tokens, ``norm_pre`` (CLIP ln_pre), ``depth``
+  pre-LN blocks with QuickGELU (METER keeps 11 of CLIP's 12), final ``norm`` (ln_post) on every
+  token, no projection head.  image (B, 3, S, S) -> V = [V_cls, V_pat] (B, 1+N, Dv), N = (S/p)^2.
+- ``text_transformer``: HF ``RobertaModel`` without pooler (roberta-base config by default).
+  input_ids, attention_mask (B, L) -> T = [T_cls, T_tok] (B, L, Dt) (``last_hidden_state``).
+- ``cfa``: ``models.cfa.CFA`` -> V_hat (B, 1+N, D), T_hat (B, L, D) and the two pooled
+  features v_cls, t_cls (B, D) used by eq. 1.
+
+Parameter names follow METER after a fixed rename (``models/pretrained.py``): the METER keys
+``cross_modal_*`` / ``token_type_embeddings`` live under ``cfa.``, ``text_transformer.*`` is
+unchanged and ``vit_model.visual.*`` maps onto timm names under ``vit_model.``.
+"""
+from functools import partial
+
+from timm.layers import LayerNorm
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+from transformers import RobertaConfig, RobertaModel
+
+from models.cfa import CFA
+
+
+def build_vit(image_size, embed_dim, depth, num_heads, patch_size, mlp_ratio):
+    """CLIP ViT tower in timm form (as ``vit_base_patch16_clip_quickgelu_224`` but any size/depth)."""
+    return VisionTransformer(
+        img_size=image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+        num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, class_token=True,
+        pre_norm=True, final_norm=True, num_classes=0, global_pool="",
+        norm_layer=partial(LayerNorm, eps=1e-5), act_layer="quick_gelu")
+
+
+def build_text_encoder(vocab_size, hidden_size, num_layers, num_heads, intermediate_size,
+                       max_position_embeddings, layer_norm_eps, pad_token_id=1, bos_token_id=0,
+                       eos_token_id=2, dropout=0.1):
+    """RobertaModel without pooler; defaults reproduce roberta-base's config.json."""
+    config = RobertaConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings, layer_norm_eps=layer_norm_eps,
+        type_vocab_size=1, hidden_act="gelu", hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout, pad_token_id=pad_token_id,
+        bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+    return RobertaModel(config, add_pooling_layer=False)
+
+
+class Backbone(nn.Module):
+    """ViT + RoBERTa + CFA.
+
+    forward(image (B,3,S,S), input_ids (B,L), attention_mask (B,L)) -> dict
+      v_raw (B,1+N,Dv), t_raw (B,L,Dt): encoder outputs (ViT after its final norm; RoBERTa last layer)
+      v_hat (B,1+N,D), t_hat (B,L,D): CFA outputs
+      v_cls, t_cls (B,D): image / text pooler outputs, tanh(Linear(token 0)).
+    """
+
+    def __init__(self, image_size, vit, text, cfa, hidden_size, pad_token_id=1):
+        super().__init__()
+        self.vit_model = build_vit(image_size, **vit)
+        self.text_transformer = build_text_encoder(pad_token_id=pad_token_id, **text)
+        self.cfa = CFA(hidden_size=hidden_size, image_in_dim=vit["embed_dim"],
+                       text_in_dim=text["hidden_size"], **cfa)
+        self.grid_size = self.vit_model.patch_embed.grid_size
+
+    def forward(self, image, input_ids, attention_mask):
+        v_raw = self.vit_model.forward_features(image)
+        t_raw = self.text_transformer(input_ids=input_ids,
+                                      attention_mask=attention_mask).last_hidden_state
+        out = self.cfa(v_raw, t_raw, text_mask=attention_mask, image_mask=None)
+        return {"v_raw": v_raw, "t_raw": t_raw, **out}
+
+
+def build_backbone(cfg, pad_token_id=1):
+    """Backbone from ``cfg["model"]`` and ``cfg["data"]["image_size"]``; ``pad_token_id`` from the tokenizer."""
+    model = cfg["model"]
+    return Backbone(image_size=cfg["data"]["image_size"], vit=dict(model["vit"]),
+                    text=dict(model["text"]), cfa=dict(model["cfa"]),
+                    hidden_size=model["hidden_size"], pad_token_id=pad_token_id)
