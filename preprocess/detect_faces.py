@@ -1,0 +1,224 @@
+"""Face-box cache: MTCNN candidate boxes C for TRPS (CIEC paper section 2.3.2 and 3.2: "the prior facial
+candidate boxes are obtained by MTCNN", n = 5 of them are used per image).
+
+Usage::
+
+    python preprocess/detect_faces.py --data-root DIR --metadata metadata/train.json metadata/val.json \
+        metadata/test.json --out DIR/faces.json [--workers K] [--from-metadata] \
+        [--min-face-size 20] [--thresholds 0.6 0.7 0.8] [--chunk 64]
+
+Runs MTCNN (package ``mtcnn``, TensorFlow; imported lazily, only here) once on every distinct image that the
+metadata names and writes the cache with ``preprocess/cache_io.py``::
+
+    header:  {kind: "faces", detector: "mtcnn" | "metadata", package: "mtcnn 1.0.0" | null, thresholds: [p, r, o],
+              min_face_size, data_root, metadata, created, git, (updated)}
+    entries: {record["image"]: {"boxes": [[x1, y1, x2, y2], ...] ints in original pixels, best first,
+                                "scores": [...] descending, "size": [W, H]}}
+    errors:  {record["image"]: "message naming the record id and metadata file"}
+
+``--from-metadata`` builds the same cache from the records' ``mtcnn_boxes`` without a detector (DGM4 ships
+them): scores are 1.0, 0.99, 0.98, ... in list order (the metadata has no scores), so "best first" is simply
+the metadata order. Resumable: a rerun skips images already in ``entries`` (images in ``errors`` are retried);
+the cache is saved atomically after every chunk, so a kill loses at most the chunk in flight. Unreadable
+images are recorded in ``errors`` and summarised at the end; they are not fatal.
+"""
+import argparse
+import collections
+import datetime
+import os
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from datasets.records import RecordError, load_metadata, read_image, read_image_sized  # noqa: E402
+from preprocess.cache_io import load_cache, make_header, save_cache  # noqa: E402
+
+DEFAULT_THRESHOLDS = (0.6, 0.7, 0.8)  # mtcnn 1.0.0 defaults for PNet, RNet, ONet
+_WORKER = {}  # per-process detector state
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="MTCNN face-box cache for CIEC's candidate boxes")
+    p.add_argument("--data-root", required=True, help="folder that record image paths are relative to")
+    p.add_argument("--metadata", nargs="+", required=True, help="metadata JSON files (relative to --data-root)")
+    p.add_argument("--out", required=True, help="cache file (JSON)")
+    p.add_argument("--workers", type=int, default=1, help="detector processes (1: run in this process)")
+    p.add_argument("--from-metadata", action="store_true", help="use the records' mtcnn_boxes, no detector")
+    p.add_argument("--min-face-size", type=int, default=20)
+    p.add_argument("--thresholds", type=float, nargs=3, default=list(DEFAULT_THRESHOLDS),
+                   metavar=("PNET", "RNET", "ONET"))
+    p.add_argument("--chunk", type=int, default=64, help="images per saved chunk")
+    p.add_argument("--on-bad-record", choices=("fail", "skip"), default="skip",
+                   help="invalid metadata records: stop, or skip them (counted)")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-image work (runs in worker processes)
+# ---------------------------------------------------------------------------------------------------------------
+def init_detector(min_face_size, thresholds, threads=0):
+    """Import mtcnn (and TensorFlow) and build one detector for this process."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    import tensorflow as tf
+    if threads > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    from mtcnn import MTCNN
+    _WORKER.update(detector=MTCNN(stages="face_and_landmarks_detection"), min_face_size=min_face_size,
+                   thresholds=tuple(thresholds))
+
+
+def mtcnn_version():
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return f"mtcnn {version('mtcnn')}"
+    except PackageNotFoundError:
+        return "mtcnn (version unknown)"
+
+
+def detect(image):
+    """MTCNN on one RGB uint8 array: (boxes [[x1,y1,x2,y2] ints, clipped], scores), best first."""
+    p, r, o = _WORKER["thresholds"]
+    faces = _WORKER["detector"].detect_faces(image, box_format="xyxy", min_face_size=_WORKER["min_face_size"],
+                                             threshold_pnet=p, threshold_rnet=r, threshold_onet=o)
+    h, w = image.shape[:2]
+    out = []
+    for face in faces:
+        x1, y1, x2, y2 = (int(round(float(v))) for v in face["box"])
+        x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
+        if x2 > x1 and y2 > y1:
+            out.append(([x1, y1, x2, y2], round(float(face["confidence"]), 6)))
+    out.sort(key=lambda item: -item[1])
+    return [b for b, _ in out], [s for _, s in out]
+
+
+def process_item(item):
+    """One image: ``(key, entry, None)`` or ``(key, None, error message)``; never raises on a bad image."""
+    key, path, record, from_metadata = item
+    try:
+        if from_metadata:
+            _, (w, h) = read_image_sized(path, record, draft_size=(1, 1))
+            boxes = [[int(v) for v in b] for b in record.get("mtcnn_boxes") or []]
+            return key, {"boxes": boxes, "scores": [round(1.0 - 0.01 * i, 2) for i in range(len(boxes))],
+                         "size": [w, h]}, None
+        image = np.asarray(read_image(path, record))
+        boxes, scores = detect(image)
+        return key, {"boxes": boxes, "scores": scores, "size": [image.shape[1], image.shape[0]]}, None
+    except RecordError as err:
+        return key, None, str(err)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------------------------
+def distinct_images(records):
+    """{image key: first record naming it}, in metadata order."""
+    images = {}
+    for rec in records:
+        images.setdefault(rec["image"], rec)
+    return images
+
+
+def cache_header(args):
+    detector = "metadata" if args.from_metadata else "mtcnn"
+    return make_header("faces", detector=detector,
+                       package=None if args.from_metadata else mtcnn_version(),
+                       thresholds=None if args.from_metadata else list(args.thresholds),
+                       min_face_size=None if args.from_metadata else args.min_face_size,
+                       data_root=os.path.abspath(args.data_root), metadata=list(args.metadata),
+                       score_note=("scores are 1.0, 0.99, ... in mtcnn_boxes list order" if args.from_metadata
+                                   else "MTCNN ONet confidence"))
+
+
+def check_resumable(old, new, path):
+    """A cache may only be continued with the same detector settings."""
+    for key in ("kind", "detector", "thresholds", "min_face_size"):
+        if old.get(key) != new.get(key):
+            raise ValueError(f"{path}: existing cache has {key}={old.get(key)!r} but this run asks for "
+                             f"{new.get(key)!r}; use another --out or delete the file")
+
+
+def run_chunks(pending, args, header, entries, errors):
+    """Process ``pending`` items chunk by chunk, saving the cache after each chunk; returns the seconds spent
+    after detector start-up (the per-image cost)."""
+    pool = None
+    if args.workers > 1:
+        import multiprocessing as mp
+        threads = max(1, (os.cpu_count() or 1) // args.workers)
+        pool = mp.get_context("spawn").Pool(args.workers, initializer=None if args.from_metadata else init_detector,
+                                            initargs=() if args.from_metadata else
+                                            (args.min_face_size, args.thresholds, threads))
+    elif not args.from_metadata:
+        init_detector(args.min_face_size, args.thresholds)
+    t0 = time.perf_counter()
+    try:
+        with tqdm(total=len(pending), desc="faces", unit="img", dynamic_ncols=True) as bar:
+            for start in range(0, len(pending), args.chunk):
+                chunk = pending[start:start + args.chunk]
+                results = pool.imap(process_item, chunk) if pool else map(process_item, chunk)
+                for key, entry, error in results:
+                    if entry is not None:
+                        entries[key] = entry
+                        errors.pop(key, None)
+                    else:
+                        errors[key] = error
+                    bar.update(1)
+                header["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+                save_cache(args.out, header, entries, errors)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return time.perf_counter() - t0
+
+
+def summarise_errors(errors):
+    """Print the count of unreadable images by error type and the first few messages."""
+    if not errors:
+        return
+    kinds = collections.Counter((re.findall(r": (\w+(?:Error|Exception)):", msg) or ["other"])[0]
+                                for msg in errors.values())
+    print(f"[faces] {len(errors)} image(s) could not be read (kept in the cache's 'errors'): {dict(kinds)}")
+    for key, msg in list(errors.items())[:5]:
+        print(f"  {key}: {msg}")
+    if len(errors) > 5:
+        print(f"  ... and {len(errors) - 5} more")
+
+
+def main(argv=None):
+    """Build or continue the cache; returns a summary dict (counts and seconds per image)."""
+    args = parse_args(argv)
+    records, skipped = load_metadata(args.data_root, args.metadata, on_bad=args.on_bad_record)
+    images = distinct_images(records)
+    header = cache_header(args)
+    old_header, entries, errors = load_cache(args.out, kind="faces")
+    if old_header:
+        check_resumable(old_header, header, args.out)
+        header = {**old_header, "metadata": sorted(set(old_header.get("metadata", [])) | set(args.metadata))}
+    pending = [(k, os.path.join(args.data_root, k), rec, args.from_metadata)
+               for k, rec in images.items() if k not in entries]
+    print(f"[faces] {len(images)} distinct images; {len(images) - len(pending)} already in {args.out}; "
+          f"{len(pending)} to do with {'metadata mtcnn_boxes' if args.from_metadata else 'MTCNN'}")
+    seconds = 0.0
+    if pending:
+        seconds = run_chunks(pending, args, header, entries, errors)
+    elif not os.path.exists(args.out):
+        save_cache(args.out, header, entries, errors)
+    per_image = seconds / len(pending) if pending else 0.0
+    done = sum(1 for k in images if k in entries)
+    print(f"[faces] done: {done}/{len(images)} images in the cache, {len(errors)} errors; "
+          f"{seconds:.1f} s for {len(pending)} images after start-up ({per_image:.3f} s/image, "
+          f"{args.workers} worker(s))")
+    summarise_errors(errors)
+    return {"images": len(images), "processed": len(pending), "skipped": len(images) - len(pending),
+            "errors": len(errors), "seconds_per_image": per_image, "skipped_records": dict(skipped)}
+
+
+if __name__ == "__main__":
+    main()
