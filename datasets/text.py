@@ -1,0 +1,193 @@
+"""Caption text: the benchmark's caption cleaning, tokenisation, word->token labels, content-word masks.
+
+Implements the text side of the DGM4 protocol (docs: dgm4_protocol.md 2.3-2.5) used by CIEC's text branch
+(paper section 2.4: token labels for evaluation, content-word mask M_c for the ASC loss, eqs. 19-20).
+
+- ``normalize_caption(text, max_words)``: HAMMER's ``pre_caption`` exactly (one function for the dataset and every
+  preprocess script).
+- ``encode(tokenizer, caption, max_len)``: ``<s> tokens </s> <pad>...`` with the tokenizer's own pad id; returns
+  lists of length ``max_len`` (input_ids, attention_mask), plus offsets and word ids.
+- Token labels, two rules, both lists of length ``max_len`` with -100 at ``<s>``, ``</s>`` and padding:
+  (a) ``benchmark_token_labels``: the published rule (HF ``word_ids`` of the tokenizer's pre-tokenizer over the
+      normalised caption string; every sub-token whose word id is in ``fake_text_pos`` is 1). Its misalignments
+      (hyphens, letter-digit glue like "covid19", punctuation) are reproduced on purpose, for comparable numbers.
+  (b) ``clean_token_labels``: raw whitespace word -> normalised words (``align_words``) -> tokens by character
+      offsets.
+  ``count_label_disagreements`` counts the captions on which (a) and (b) differ.
+- ``content_word_mask(words)`` (per normalised word) and ``content_token_mask`` (per token).
+"""
+import os
+import re
+
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+_DELETED = re.compile(r"[,.'!?\"()*#:;~]")
+_MULTI_SPACE = re.compile(r"\s{2,}")
+IGNORE = -100
+
+
+def _clean_piece(text):
+    """Character edits of ``pre_caption`` (steps 1-3): lowercase, delete, '-' '/' -> ' ', '<person>'."""
+    text = _DELETED.sub("", text.lower())
+    return text.replace("-", " ").replace("/", " ").replace("<person>", "person")
+
+
+def normalize_caption(text, max_words=50):
+    """HAMMER's ``pre_caption``: the cleaned caption string.
+
+    Steps: lowercase; delete ``, . ' ! ? " ( ) * # : ; ~``; '-' and '/' -> ' '; '<person>' -> 'person';
+    runs of 2+ whitespace characters -> one space (a single tab/newline is kept, as in the benchmark);
+    ``rstrip('\\n')`` then ``strip(' ')``; keep the first ``max_words`` space-separated words
+    (``max_words=None``: no cap).
+    """
+    caption = _MULTI_SPACE.sub(" ", _clean_piece(text)).rstrip("\n").strip(" ")
+    if max_words is not None:
+        words = caption.split(" ")
+        if len(words) > max_words:
+            caption = " ".join(words[:max_words])
+    return caption
+
+
+def align_words(text, max_words=50):
+    """Normalise ``text`` while tracking which raw word each normalised word comes from.
+
+    Raw words are ``text.split(' ')`` (the ``fake_text_pos`` convention). Returns ``(caption, spans, owner)``:
+    ``caption == normalize_caption(text, max_words)``; ``spans[j] = (start, end)`` character span of normalised word
+    j in ``caption``; ``owner[j]`` = index of the raw word it came from. A raw word may give 0 words ("-"), 1, or
+    several ("bulmer-rizzi" -> 2).
+    """
+    chars, owners = [], []
+    for i, raw in enumerate(text.split(" ")):
+        if i:
+            chars.append(" ")
+            owners.append(-1)
+        piece = _clean_piece(raw)
+        chars.extend(piece)
+        owners.extend([i] * len(piece))
+    out, out_owner = [], []
+    joined = "".join(chars)
+    pos = 0
+    for m in _MULTI_SPACE.finditer(joined):  # collapse with provenance
+        out.extend(chars[pos:m.start()])
+        out_owner.extend(owners[pos:m.start()])
+        out.append(" ")
+        out_owner.append(-1)
+        pos = m.end()
+    out.extend(chars[pos:])
+    out_owner.extend(owners[pos:])
+    caption = "".join(out).rstrip("\n")
+    left = len(caption) - len(caption.lstrip(" "))
+    caption = caption.strip(" ")
+    return _split_words(caption, out_owner[left:left + len(caption)], max_words)
+
+
+def _split_words(caption, char_owner, max_words):
+    """Split on ' ' with spans and owners; apply the word cap."""
+    spans, owner = [], []
+    pos = 0
+    for word in caption.split(" "):
+        end = pos + len(word)
+        owned = [o for o in char_owner[pos:end] if o >= 0]
+        spans.append((pos, end))
+        owner.append(owned[0] if owned else -1)
+        pos = end + 1
+    if max_words is not None and len(spans) > max_words:
+        spans, owner = spans[:max_words], owner[:max_words]
+        caption = caption[:spans[-1][1]]
+    return caption, spans, owner
+
+
+def load_tokenizer(folder):
+    """RoBERTa-style fast tokenizer from a local folder (vocab.json + merges.txt, or tokenizer.json)."""
+    from transformers import RobertaTokenizerFast
+
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"tokenizer folder {folder!r} does not exist; point data.tokenizer at a local roberta-base folder "
+            f"or build a small one with preprocess/train_tokenizer.py")
+    return RobertaTokenizerFast.from_pretrained(folder, add_prefix_space=True, local_files_only=True)
+
+
+def encode(tokenizer, caption, max_len):
+    """Tokenise one normalised caption: ``<s> ... </s> <pad>...`` padded/truncated to ``max_len``.
+
+    Returns a dict of lists of length ``max_len``: ``input_ids``, ``attention_mask``, ``offsets`` ((start, end)
+    character spans in ``caption``; (0, 0) for specials/padding), ``word_ids`` (pre-tokenizer word index or None).
+    """
+    enc = tokenizer(caption, max_length=max_len, truncation=True, padding="max_length",
+                    return_offsets_mapping=True)
+    return {"input_ids": list(enc["input_ids"]), "attention_mask": list(enc["attention_mask"]),
+            "offsets": [tuple(o) for o in enc["offset_mapping"]], "word_ids": enc.word_ids()}
+
+
+def _special_positions(enc):
+    """Positions of ``<s>``, ``</s>`` and padding (word id None)."""
+    return [w is None for w in enc["word_ids"]]
+
+
+def benchmark_token_labels(enc, fake_text_pos, max_words=50):
+    """Rule (a), the benchmark's: token is 1 iff its pre-tokenizer word id is a fake raw word index.
+
+    Indices >= ``max_words`` are dropped first (HAMMER's 50-long multi-hot). Specials/padding -> -100.
+    """
+    fake = {int(i) for i in fake_text_pos if int(i) < (max_words if max_words is not None else 1 << 30)}
+    return [IGNORE if w is None else int(w in fake) for w in enc["word_ids"]]
+
+
+def token_words(enc, spans, length):
+    """Normalised word index of every token (by its start offset), -1 for specials/padding/spaces."""
+    char_word = [-1] * (length + 1)
+    for j, (s, e) in enumerate(spans):
+        char_word[s:e] = [j] * (e - s)
+    return [-1 if w is None else char_word[min(o[0], length)] for w, o in zip(enc["word_ids"], enc["offsets"])]
+
+
+def clean_token_labels(enc, spans, owner, fake_text_pos):
+    """Rule (b): raw fake word -> its normalised words (``owner``) -> tokens by character offsets."""
+    fake_raw = {int(i) for i in fake_text_pos}
+    fake_word = [o in fake_raw for o in owner]
+    length = spans[-1][1] if spans else 0
+    return [IGNORE if w is None else int(j >= 0 and fake_word[j])
+            for w, j in zip(enc["word_ids"], token_words(enc, spans, length))]
+
+
+def count_label_disagreements(tokenizer, records, max_len, max_words=50):
+    """On how many captions do rules (a) and (b) give different token labels?
+
+    Returns ``(n_disagree, n_total, examples)``; ``examples`` lists up to 10 disagreeing record ids.
+    """
+    n_bad, examples = 0, []
+    for rec in records:
+        caption, spans, owner = align_words(rec["text"], max_words)
+        enc = encode(tokenizer, caption, max_len)
+        a = benchmark_token_labels(enc, rec["fake_text_pos"], max_words)
+        b = clean_token_labels(enc, spans, owner, rec["fake_text_pos"])
+        if a != b:
+            n_bad += 1
+            if len(examples) < 10:
+                examples.append(rec["id"])
+    return n_bad, len(records), examples
+
+
+STOPWORD_SOURCE = "sklearn ENGLISH_STOP_WORDS"
+CONTENT_RULES = ("content word iff: not in sklearn ENGLISH_STOP_WORDS; contains at least one alphanumeric "
+                 "character (punctuation-only words are not content); contains at least one letter "
+                 "(number-only words such as '2020', '50%', '$5' are not content)")
+
+
+def content_word_mask(words):
+    """Content-word mask M_c over normalised words (paper 2.4, eq. 19): list of 0/1.
+
+    A word is a content word (1) iff all hold:
+    1. it is not in sklearn's ``ENGLISH_STOP_WORDS`` (318 words; 'the', 'not', 'no' are stop words);
+    2. it is not punctuation-only: it has at least one alphanumeric character ('$', '&', '—' -> 0);
+    3. it is not number-only: it has at least one letter ('2020', '50%', 'us$5' has letters -> 1; '$5' -> 0).
+    Words are compared as given (normalised captions are already lowercase, apostrophes removed).
+    """
+    return [int(w not in ENGLISH_STOP_WORDS and any(c.isalpha() for c in w)) for w in words]
+
+
+def content_token_mask(enc, spans, word_mask):
+    """Per-token content mask: the mask of the normalised word a token belongs to (specials/padding 0)."""
+    length = spans[-1][1] if spans else 0
+    return [0 if j < 0 or j >= len(word_mask) else int(word_mask[j]) for j in token_words(enc, spans, length)]
