@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from datasets.dgm4 import build_dataset, collate
 from datasets.sampler import eval_sampler
-from datasets.text import load_tokenizer
+from datasets.text import tokenizer_for
 from models import build_model
 from utils import dist
 from utils.checkpoint import load_checkpoint
@@ -45,10 +45,11 @@ def main(args):
     out = args.out or os.path.join(cfg["train"]["output_dir"], f"eval_{split}")
     rank, world, _, device = dist.init_distributed(cfg["train"]["device"])
 
-    tokenizer = load_tokenizer(cfg["data"]["tokenizer"])
+    tokenizer = tokenizer_for(cfg)
     dataset = build_dataset(cfg, split)
     loader = DataLoader(dataset, batch_size=cfg["eval"]["batch_size"], sampler=eval_sampler(dataset, world, rank),
-                        num_workers=cfg["data"]["num_workers"], collate_fn=collate, pin_memory=True)
+                        num_workers=cfg["data"]["num_workers"], collate_fn=collate,
+                        pin_memory=torch.cuda.is_available())
     model = build_model(cfg, pad_token_id=tokenizer.pad_token_id)
     ckpt = load_checkpoint(ckpt_path, model=model, strict=True)
     model.to(device)

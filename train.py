@@ -27,7 +27,7 @@ from tqdm import tqdm
 from datasets.dgm4 import build_dataset, collate
 from datasets.sampler import BlockDistributedSampler, eval_sampler
 from datasets.seeding import SeededDataset
-from datasets.text import load_tokenizer
+from datasets.text import tokenizer_for
 from losses import build_criterion
 from models import build_model
 from models.pretrained import load_pretrained
@@ -54,11 +54,13 @@ def build_loaders(cfg, world, rank):
     sampler = BlockDistributedSampler(train_set, world, rank, train["batch_size"], train["accum_steps"],
                                       shuffle=True, seed=train["seed"])
     train_loader = DataLoader(train_set, batch_size=train["batch_size"], sampler=sampler,
-                              num_workers=data["num_workers"], collate_fn=collate, pin_memory=True,
-                              drop_last=True, generator=torch.Generator().manual_seed(train["seed"]))
+                              num_workers=data["num_workers"], collate_fn=collate,
+                              pin_memory=torch.cuda.is_available(), drop_last=True,
+                              generator=torch.Generator().manual_seed(train["seed"]))
     val_loader = DataLoader(val_set, batch_size=cfg["eval"]["batch_size"],
                             sampler=eval_sampler(val_set, world, rank), num_workers=data["num_workers"],
-                            collate_fn=collate, pin_memory=True)
+                            collate_fn=collate, pin_memory=torch.cuda.is_available(),
+                            generator=torch.Generator())  # own generator: validation leaves the global RNG alone
     return train_loader, val_loader
 
 
@@ -95,7 +97,7 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, cfg, state, ctx
             check_finite(losses, state)
             scaler.scale(losses["loss"] / accum).backward()
         for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
         count += 1
         if not last_micro:
             continue
@@ -168,7 +170,7 @@ def main(cfg):
     seed_everything(tcfg["seed"] + rank, tcfg["deterministic"])
     print(f"rank {rank}/{world} on {device}; output {out}")
 
-    tokenizer = load_tokenizer(cfg["data"]["tokenizer"])
+    tokenizer = tokenizer_for(cfg)
     train_loader, val_loader = build_loaders(cfg, world, rank)
     model = build_model(cfg, pad_token_id=tokenizer.pad_token_id)
     if any(cfg["pretrained"][k] for k in ("meter", "openai_clip", "roberta")):

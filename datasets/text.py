@@ -108,6 +108,24 @@ def load_tokenizer(folder):
     return RobertaTokenizerFast.from_pretrained(folder, add_prefix_space=True, local_files_only=True)
 
 
+def tokenizer_for(cfg):
+    """The tokenizer of ``cfg["data"]["tokenizer"]``, checked against the text encoder's sizes."""
+    tokenizer = load_tokenizer(cfg["data"]["tokenizer"])
+    text = cfg["model"]["text"]
+    check_tokenizer_fits(tokenizer, text["vocab_size"], text["max_position_embeddings"], cfg["data"]["max_len"])
+    return tokenizer
+
+
+def check_tokenizer_fits(tokenizer, vocab_size, max_position_embeddings, max_len):
+    """Raise if the tokenizer's ids or the padded length do not fit the text encoder's tables."""
+    if len(tokenizer) > vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but model.text.vocab_size is {vocab_size}")
+    # RoBERTa positions start at pad_id + 1, so max_len + pad_id + 1 rows are needed.
+    if max_len + tokenizer.pad_token_id + 1 > max_position_embeddings:
+        raise ValueError(f"data.max_len {max_len} needs {max_len + tokenizer.pad_token_id + 1} position "
+                         f"embeddings; model.text.max_position_embeddings is {max_position_embeddings}")
+
+
 def encode(tokenizer, caption, max_len):
     """Tokenise one normalised caption: ``<s> ... </s> <pad>...`` padded/truncated to ``max_len``.
 
