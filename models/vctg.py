@@ -3,7 +3,7 @@
 Implements the coarse Top-K token prediction (2.4.1, eq. 12's y^t_coarse), the intrinsic branch S^it (eq. 13), the
 visual support S_raw (eq. 14), the extrinsic branch S^et (eq. 15), the gated fusion S^t (eq. 16) and the S^t-weighted
 sentence prediction y^t_fine (2.4.2, eq. 17). The losses live in losses/text_mil.py, losses/asc.py, losses/scc.py.
-Choices the paper leaves open are explained in docs/implementation_notes_vctg.md.
+Choices the paper leaves open are explained in docs/implementation_notes.md (part 2).
 
 Inputs (B batch, L tokens incl. position 0 = ``<s>``, N patches):
     t_hat          (B,L,D)   CFA-aligned text features T-hat

@@ -14,6 +14,7 @@ python preprocess/make_synthetic.py --out "$DATA" --train 4000 --val 400 --test 
 python preprocess/detect_faces.py --data-root "$DATA" --metadata $SPLITS --out "$DATA/faces.json" --from-metadata
 python preprocess/stopword_masks.py --data-root "$DATA" --metadata $SPLITS --out "$DATA/stopwords.json"
 python preprocess/train_tokenizer.py --data-root "$DATA" --metadata metadata/train.json --out "$DATA/tokenizer"
+python preprocess/check_alignment.py --data-root "$DATA" --metadata $SPLITS --tokenizer "$DATA/tokenizer"
 
 python train.py --config "$CONFIG" "$@"
 python test.py --config "$CONFIG"
