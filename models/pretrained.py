@@ -441,6 +441,9 @@ def main(argv=None):
     except PretrainedKeyError as err:
         print(f"KEY GAP: {err}", file=sys.stderr)
         return 1
+    except FileNotFoundError as err:
+        print(f"MISSING FILE: {err} (see checkpoints/README.md)", file=sys.stderr)
+        return 2
     print(format_report(report))
     return 0
 

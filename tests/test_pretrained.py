@@ -430,3 +430,12 @@ def test_cli_reports_and_fails_on_gaps(tmp_path, capsys):
     torch.save({"state_dict": sd}, tmp_path / "bad.ckpt")
     assert main(["--config", str(tmp_path / "tiny.yaml"), "--opts", f"pretrained.meter={tmp_path / 'bad.ckpt'}"]) == 1
     assert "cfa.cross_modal_image_pooler.dense.weight" in capsys.readouterr().err
+
+
+def test_cli_missing_file_exits_2(tmp_path, capsys):
+    cfg = {"data": {"image_size": IMAGE}, "model": {"hidden_size": TINY_HIDDEN, "vit": TINY_VIT, "text": TINY_TEXT,
+                                                   "cfa": TINY_CFA},
+           "pretrained": {"meter": str(tmp_path / "absent.ckpt")}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["--config", str(tmp_path / "tiny.yaml")]) == 2
+    assert "absent.ckpt" in capsys.readouterr().err
