@@ -166,7 +166,7 @@ def _crop_noise(rng, h, w):
     return tile[y:y + h, x:x + w]
 
 
-def draw_background(rng, w, h, place):
+def draw_background(rng, w, h, place, distractor_trace=0.4):
     """Place-coloured gradient + low-frequency texture (built at 1/4 size, upsampled) + decoration + distractors."""
     top, bottom, horizon, deco = PLACES[place]
     gh, gw = h // 4 + 1, w // 4 + 1
@@ -178,7 +178,7 @@ def draw_background(rng, w, h, place):
     small = np.clip(col + cv2.resize(coarse, (gw, gh), interpolation=cv2.INTER_CUBIC), 0, 255).astype(np.uint8)
     img = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     _draw_decoration(img, rng, deco, horizon)
-    _draw_distractors(img, rng)
+    _draw_distractors(img, rng, distractor_trace)
     return img
 
 
@@ -207,8 +207,8 @@ def _draw_decoration(img, rng, deco, horizon):
             cv2.circle(img, c, int(rng.uniform(20, 60)), (150, 90, 140), -1)
 
 
-def _draw_distractors(img, rng):
-    """Random shapes; some carry blocky noise texture like the forgery trace (authentic look-alikes)."""
+def _draw_distractors(img, rng, trace_prob=0.4):
+    """Random shapes; a share ``trace_prob`` carry blocky noise like the forgery trace (authentic look-alikes)."""
     h, w = img.shape[:2]
     for _ in range(int(rng.integers(0, 5))):
         x1, y1 = int(rng.uniform(0, w - 20)), int(rng.uniform(0, h - 20))
@@ -218,7 +218,7 @@ def _draw_distractors(img, rng):
             cv2.rectangle(img, (x1, y1), (x2, y2), color, -1)
         else:
             cv2.circle(img, ((x1 + x2) // 2, (y1 + y2) // 2), (x2 - x1) // 2, color, -1)
-        if rng.random() < 0.4:
+        if rng.random() < trace_prob:
             roi = img[y1:y2, x1:x2]
             blocks = _blocky_noise(rng, roi.shape[0], roi.shape[1], 12.0, max(2, (x2 - x1) // 10))
             roi[:] = np.clip(roi + blocks, 0, 255).astype(np.uint8)
@@ -311,9 +311,9 @@ def apply_trace(img, box, rng, kind, strength):
     roi[:] = np.clip(out, 0, 255).astype(np.uint8)
 
 
-def render(rng, w, h, place, faces, manip=None, strength=1.5):
+def render(rng, w, h, place, faces, manip=None, strength=1.5, distractor_trace=0.4):
     """Background, faces, camera noise, then (if ``manip``) the trace in the manipulated face's box."""
-    img = draw_background(rng, w, h, place)
+    img = draw_background(rng, w, h, place, distractor_trace)
     for face in faces:
         draw_face(img, face)
     img = np.clip(img + _crop_noise(rng, h, w) // 3, 0, 255).astype(np.uint8)
@@ -438,7 +438,7 @@ def image_path(rec_id, fake_cls, rng):
     return f"DGM4/origin/{source}/{rec_id // 1000:04d}/{rec_id}.jpg"
 
 
-def make_sample(seed, split, index, strength=1.5):
+def make_sample(seed, split, index, strength=1.5, distractor_trace=0.4):
     """Build one sample in memory: (record, image RGB uint8, extras for statistics and tests)."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     offset = np.random.default_rng([seed, SPLIT_CODES[split]]).random()
@@ -461,7 +461,7 @@ def make_sample(seed, split, index, strength=1.5):
         changed = swap_attribute(rng, slots, template)
     text, owner = render_caption(template, {**slots, **changed})
     fake_pos = sorted(i for s in changed for i in owner[s])
-    img = render(rng, w, h, place, faces, manip, strength)
+    img = render(rng, w, h, place, faces, manip, strength, distractor_trace)
     rec_id = ID_BASE[split] + index
     record = {"id": rec_id, "image": image_path(rec_id, fake_cls, rng), "text": text, "fake_cls": fake_cls,
               "fake_image_box": fake_box, "fake_text_pos": fake_pos,
@@ -477,11 +477,11 @@ def make_sample(seed, split, index, strength=1.5):
 # ---------------------------------------------------------------------------------------------------------------
 def write_chunk(args):
     """Worker: generate and write samples ``indices`` of ``split``; return [(record, small stats)]."""
-    out, seed, split, indices, strength, quality = args
+    out, seed, split, indices, (strength, distractor_trace), quality = args
     cv2.setNumThreads(1)  # one core per worker
     results = []
     for index in indices:
-        record, img, extras = make_sample(seed, split, index, strength)
+        record, img, extras = make_sample(seed, split, index, strength, distractor_trace)
         ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise RuntimeError(f"record {record['id']}: JPEG encoding failed")
@@ -505,9 +505,10 @@ def _detected(record):
     return False
 
 
-def generate_split(out, seed, split, n, workers=1, strength=1.5, quality=90, chunk=200):
-    """Generate ``n`` samples of ``split``; returns (records, per-sample stats) in index order."""
-    jobs = [(out, seed, split, list(range(s, min(n, s + chunk))), strength, quality) for s in range(0, n, chunk)]
+def generate_split(out, seed, split, n, workers=1, difficulty=(1.5, 0.4), quality=90, chunk=200):
+    """Generate ``n`` samples of ``split`` (``difficulty`` = (trace strength, distractor trace share)); returns
+    (records, per-sample stats) in index order."""
+    jobs = [(out, seed, split, list(range(s, min(n, s + chunk))), difficulty, quality) for s in range(0, n, chunk)]
     if workers > 1:
         with mp.get_context("spawn").Pool(workers) as pool:
             parts = pool.map(write_chunk, jobs)
@@ -556,6 +557,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=1, help="processes (output does not depend on it)")
     p.add_argument("--trace-strength", type=float, default=1.5,
                    help="scale of the forgery trace (TRACE x strength; docs/synthetic_benchmark.md)")
+    p.add_argument("--distractor-trace", type=float, default=0.4,
+                   help="share of background distractor shapes that carry trace-like blocky noise")
     p.add_argument("--jpeg-quality", type=int, default=90)
     return p.parse_args(argv)
 
@@ -567,7 +570,7 @@ def main(argv=None):
     wall, cpu = time.perf_counter(), time.process_time()
     for split in ("train", "val", "test"):
         records, small = generate_split(args.out, args.seed, split, getattr(args, split), args.workers,
-                                        args.trace_strength, args.jpeg_quality)
+                                        (args.trace_strength, args.distractor_trace), args.jpeg_quality)
         with open(os.path.join(args.out, "metadata", f"{split}.json"), "w") as f:
             json.dump(records, f)
         stats[split] = summarise(records, small)
@@ -592,7 +595,8 @@ def speed_report(n, wall, cpu, args):
     """Wall-clock rate, and with one worker the CPU-time rate (robust to other processes sharing the core)."""
     report = {"samples": n, "seconds_wall": round(wall, 2), "workers": args.workers,
               "samples_per_s_wall": round(n / wall, 1) if wall > 0 else None,
-              "seed": args.seed, "trace_strength": args.trace_strength}
+              "seed": args.seed, "trace_strength": args.trace_strength,
+              "distractor_trace": args.distractor_trace}
     if args.workers == 1:
         report["seconds_cpu"] = round(cpu, 2)
         report["samples_per_s_one_core_cpu"] = round(n / cpu, 1) if cpu > 0 else None

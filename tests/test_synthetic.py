@@ -138,3 +138,26 @@ def test_trace_confined_to_fake_box():
         found += 1
     assert found > 15
 
+
+
+def test_distractor_trace_knob(monkeypatch):
+    """--distractor-trace sets the share of background shapes with trace-like blocky noise (0: only the forgery)."""
+    calls = []
+    real = ms._blocky_noise
+
+    def counting(rng, h, w, sigma, cell):
+        calls.append(sigma)
+        return real(rng, h, w, sigma, cell)
+
+    monkeypatch.setattr(ms, "_blocky_noise", counting)
+    n_fake = 0
+    for i in range(30):
+        rec, _, _ = ms.make_sample(4, "train", i, distractor_trace=0.0)
+        n_fake += bool(rec["fake_image_box"])
+    assert len(calls) == n_fake > 0  # one call per forgery trace, none for distractors
+    calls.clear()
+    for i in range(30):
+        ms.make_sample(4, "train", i, distractor_trace=1.0)
+    assert len(calls) > n_fake  # every distractor shape now carries the noise
+    args = ms.parse_args(["--out", "x", "--distractor-trace", "0.25"])
+    assert args.distractor_trace == 0.25
