@@ -15,7 +15,8 @@ the manipulated face. Every loss reaches its minimum with any box choice on 16 s
 memorised patches anywhere, v_fine / L_Bsc / L_Sce reinforce the current argmax), so the choice is set by the
 initial scores and by which patches the model memorises, not by the forgery trace. The box scoring itself is right:
 with a patch map equal to the ground-truth box, eqs. 3-4 pick the manipulated face in every case
-(``test_oracle_patch_map_selects_manipulated_face``).
+(``test_oracle_patch_map_selects_manipulated_face``), and when the labels do carry the location (each fake beside
+its trace-free twin) the trained model picks the manipulated face: tests/test_weak_localisation.py.
 """
 import numpy as np
 import pytest
