@@ -91,6 +91,8 @@ TEMPLATES = (
 # forgery trace per unit of --trace-strength (default 1.5), in grey levels: per-channel shift range,
 # blocky-noise sigma, seam amplitude
 TRACE = {"shift": (8.0, 16.0), "noise": 10.0, "seam": 25.0}
+STRENGTH = 1.5  # default --trace-strength
+DISTRACTOR_TRACE = 0.4  # default --distractor-trace: share of distractor shapes with trace-like noise
 SLOT_RE = re.compile(r"\{(\w+)\}")
 
 
@@ -166,7 +168,7 @@ def _crop_noise(rng, h, w):
     return tile[y:y + h, x:x + w]
 
 
-def draw_background(rng, w, h, place, distractor_trace=0.4):
+def draw_background(rng, w, h, place, distractor_trace=DISTRACTOR_TRACE):
     """Place-coloured gradient + low-frequency texture (built at 1/4 size, upsampled) + decoration + distractors."""
     top, bottom, horizon, deco = PLACES[place]
     gh, gw = h // 4 + 1, w // 4 + 1
@@ -207,7 +209,7 @@ def _draw_decoration(img, rng, deco, horizon):
             cv2.circle(img, c, int(rng.uniform(20, 60)), (150, 90, 140), -1)
 
 
-def _draw_distractors(img, rng, trace_prob=0.4):
+def _draw_distractors(img, rng, trace_prob=DISTRACTOR_TRACE):
     """Random shapes; a share ``trace_prob`` carry blocky noise like the forgery trace (authentic look-alikes)."""
     h, w = img.shape[:2]
     for _ in range(int(rng.integers(0, 5))):
@@ -311,7 +313,7 @@ def apply_trace(img, box, rng, kind, strength):
     roi[:] = np.clip(out, 0, 255).astype(np.uint8)
 
 
-def render(rng, w, h, place, faces, manip=None, strength=1.5, distractor_trace=0.4):
+def render(rng, w, h, place, faces, manip=None, strength=STRENGTH, distractor_trace=DISTRACTOR_TRACE):
     """Background, faces, camera noise, then (if ``manip``) the trace in the manipulated face's box."""
     img = draw_background(rng, w, h, place, distractor_trace)
     for face in faces:
@@ -438,7 +440,7 @@ def image_path(rec_id, fake_cls, rng):
     return f"DGM4/origin/{source}/{rec_id // 1000:04d}/{rec_id}.jpg"
 
 
-def make_sample(seed, split, index, strength=1.5, distractor_trace=0.4):
+def make_sample(seed, split, index, strength=STRENGTH, distractor_trace=DISTRACTOR_TRACE):
     """Build one sample in memory: (record, image RGB uint8, extras for statistics and tests)."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     offset = np.random.default_rng([seed, SPLIT_CODES[split]]).random()
@@ -475,6 +477,17 @@ def make_sample(seed, split, index, strength=1.5, distractor_trace=0.4):
 # ---------------------------------------------------------------------------------------------------------------
 # Writing, statistics, CLI
 # ---------------------------------------------------------------------------------------------------------------
+def write_jpeg(out, record, img, quality=90):
+    """Encode the RGB ``img`` as JPEG at ``out / record["image"]``."""
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError(f"record {record['id']}: JPEG encoding failed")
+    path = os.path.join(out, record["image"])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(buf.tobytes())
+
+
 def write_chunk(args):
     """Worker: generate and write samples ``indices`` of ``split``; return [(record, small stats)]."""
     out, seed, split, indices, (strength, distractor_trace), quality = args
@@ -482,13 +495,7 @@ def write_chunk(args):
     results = []
     for index in indices:
         record, img, extras = make_sample(seed, split, index, strength, distractor_trace)
-        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            raise RuntimeError(f"record {record['id']}: JPEG encoding failed")
-        path = os.path.join(out, record["image"])
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(buf.tobytes())
+        write_jpeg(out, record, img, quality)
         results.append((record, {"size": extras["size"], "faces": len(extras["faces"]),
                                  "manip_detected": _detected(record) if record["fake_image_box"] else None}))
     return results
@@ -505,7 +512,7 @@ def _detected(record):
     return False
 
 
-def generate_split(out, seed, split, n, workers=1, difficulty=(1.5, 0.4), quality=90, chunk=200):
+def generate_split(out, seed, split, n, workers=1, difficulty=(STRENGTH, DISTRACTOR_TRACE), quality=90, chunk=200):
     """Generate ``n`` samples of ``split`` (``difficulty`` = (trace strength, distractor trace share)); returns
     (records, per-sample stats) in index order."""
     jobs = [(out, seed, split, list(range(s, min(n, s + chunk))), difficulty, quality) for s in range(0, n, chunk)]
@@ -555,9 +562,9 @@ def parse_args(argv=None):
     p.add_argument("--test", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="processes (output does not depend on it)")
-    p.add_argument("--trace-strength", type=float, default=1.5,
+    p.add_argument("--trace-strength", type=float, default=STRENGTH,
                    help="scale of the forgery trace (TRACE x strength; docs/synthetic_benchmark.md)")
-    p.add_argument("--distractor-trace", type=float, default=0.4,
+    p.add_argument("--distractor-trace", type=float, default=DISTRACTOR_TRACE,
                    help="share of background distractor shapes that carry trace-like blocky noise")
     p.add_argument("--jpeg-quality", type=int, default=90)
     return p.parse_args(argv)

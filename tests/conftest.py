@@ -48,3 +48,33 @@ def tiny_opts(bench, output_dir, **extra):
             f"train.output_dir={output_dir}"]
     opts += [f"{k}={v}" for k, v in extra.items()]
     return opts
+
+
+def train_full_batch(cfg, batch, pad_token_id, steps, lr, seed=0):
+    """Train a fresh model (``cfg`` sizes, all losses) on one fixed ``batch`` with AdamW (no weight decay) on 2
+    threads; return (eval-mode outputs on ``batch``, the training loss of every step)."""
+    import torch
+
+    from losses import build_criterion
+    from models import build_model
+    from utils.training import build_optimizer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = build_model(cfg, pad_token_id=pad_token_id).train()
+        criterion = build_criterion(cfg)
+        opt = build_optimizer(model, lr, 0.0)
+        losses = []
+        for _ in range(steps):
+            loss = criterion(model(batch), batch)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        with torch.no_grad():
+            return model.eval()(batch), losses
+    finally:
+        torch.set_num_threads(threads)

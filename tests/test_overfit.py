@@ -23,13 +23,10 @@ import pytest
 import torch
 
 from datasets.dgm4 import build_dataset, collate
-from losses import build_criterion
-from models import build_model
 from models.trps import TRPS, box_soft_masks
-from tests.conftest import tiny_opts
+from tests.conftest import tiny_opts, train_full_batch
 from utils.config import load_config
 from utils.metrics import binary_auc, box_iou
-from utils.training import build_optimizer
 
 STEPS, LR, SEED = 250, 1.0e-3, 0
 N_MULTI, N_SINGLE, N_TEXT, N_TOTAL = 6, 2, 2, 16
@@ -74,26 +71,7 @@ def overfit(tiny_benchmark, tmp_path_factory):
     assert not ds.train
     batch = collate([ds[i] for i in select_samples(ds)])
     match = torch.tensor([matched_candidate({k: v[i] for k, v in batch.items()})[0] for i in range(N_TOTAL)])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with torch.random.fork_rng():
-            torch.manual_seed(SEED)
-            model = build_model(cfg, pad_token_id=ds.tokenizer.pad_token_id).train()
-        criterion = build_criterion(cfg)
-        opt = build_optimizer(model, cfg["train"]["lr"], cfg["train"]["weight_decay"])
-        losses = []
-        for _ in range(STEPS):
-            loss = criterion(model(batch), batch)["loss"]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        model.eval()
-        with torch.no_grad():
-            outputs = model(batch)
-    finally:
-        torch.set_num_threads(threads)
+    outputs, losses = train_full_batch(cfg, batch, ds.tokenizer.pad_token_id, STEPS, LR, SEED)
     return {"batch": batch, "out": outputs, "losses": losses, "match": match}
 
 

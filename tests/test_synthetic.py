@@ -139,7 +139,6 @@ def test_trace_confined_to_fake_box():
     assert found > 15
 
 
-
 def test_distractor_trace_knob(monkeypatch):
     """--distractor-trace sets the share of background shapes with trace-like blocky noise (0: only the forgery)."""
     calls = []

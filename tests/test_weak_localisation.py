@@ -13,28 +13,17 @@ proposal C* is the manipulated face on at least 5 of the 6 multi-candidate fakes
 import json
 import os
 
-import cv2
-import numpy as np
 import pytest
 import torch
 
 from datasets.dgm4 import build_dataset, collate
-from losses import build_criterion
-from models import build_model
 from preprocess import make_synthetic as ms
-from tests.conftest import run_script
+from tests.conftest import run_script, train_full_batch
 from tests.test_overfit import matched_candidate
 from utils.config import load_config
 from utils.metrics import binary_auc
-from utils.training import build_optimizer
 
 SEED, STRENGTH, STEPS, LR, N_MULTI, N_SINGLE = 11, 3.0, 250, 1.0e-3, 6, 2
-
-
-def write_image(root, rec, img):
-    path = os.path.join(root, rec["image"])
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    cv2.imwrite(path, np.ascontiguousarray(img[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
 
 
 def twin_records(root):
@@ -51,8 +40,8 @@ def twin_records(root):
         _, clean, _ = ms.make_sample(SEED, "train", i, strength=0.0)
         twin = dict(rec, id=rec["id"] + 500000, image=f"DGM4/origin/bbc/twin/{rec['id'] + 500000}.jpg",
                     fake_cls="orig", fake_image_box=[])
-        write_image(root, rec, img)
-        write_image(root, twin, clean)
+        ms.write_jpeg(root, rec, img, quality=95)
+        ms.write_jpeg(root, twin, clean, quality=95)
         records += [rec, twin]
         if not any(quota.values()):
             return records
@@ -76,23 +65,7 @@ def trained(tmp_path_factory):
         f"train.lr={LR}", "train.weight_decay=0.0"])
     ds = build_dataset(cfg, "val")  # eval transform: fixed images
     batch = collate([ds[i] for i in range(len(ds))])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            model = build_model(cfg, pad_token_id=ds.tokenizer.pad_token_id).train()
-        criterion = build_criterion(cfg)
-        opt = build_optimizer(model, LR, 0.0)
-        for _ in range(STEPS):
-            loss = criterion(model(batch), batch)["loss"]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            out = model.eval()(batch)
-    finally:
-        torch.set_num_threads(threads)
+    out, _ = train_full_batch(cfg, batch, ds.tokenizer.pad_token_id, STEPS, LR)
     match = torch.tensor([matched_candidate({k: v[i] for k, v in batch.items()})[0] for i in range(len(ds))])
     return batch, out, match
 
