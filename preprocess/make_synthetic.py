@@ -23,6 +23,7 @@ import math
 import multiprocessing as mp
 import os
 import re
+import shutil
 import sys
 import time
 
@@ -93,6 +94,7 @@ TEMPLATES = (
 TRACE = {"shift": (8.0, 16.0), "noise": 10.0, "seam": 25.0}
 STRENGTH = 1.5  # default --trace-strength
 DISTRACTOR_TRACE = 0.4  # default --distractor-trace: share of distractor shapes with trace-like noise
+FACE_AREA = (0.008, 0.20)  # default --face-area: range of face box area / image area (log-uniform draw)
 SLOT_RE = re.compile(r"\{(\w+)\}")
 
 
@@ -131,13 +133,14 @@ def face_box(face):
             int(round(cy + 1.05 * b))]
 
 
-def layout_faces(rng, w, h, k):
-    """k non-overlapping faces in k vertical slots; box area / image area ~ log-uniform(0.8%, 20%)."""
+def layout_faces(rng, w, h, k, face_area=FACE_AREA):
+    """k non-overlapping faces in k vertical slots; box area / image area ~ log-uniform(face_area), by default
+    (0.8%, 20%), then limited by the slot width."""
     ids = rng.choice(len(CAST), size=k, replace=False)
     slot = w / k
     faces = []
     for j, ident in enumerate(ids):
-        frac = math.exp(rng.uniform(math.log(0.008), math.log(0.20)))
+        frac = math.exp(rng.uniform(math.log(face_area[0]), math.log(face_area[1])))
         a = math.sqrt(frac * w * h / (2.1 * 2.2 * 1.2))
         a = float(np.clip(a, 9.0, min(0.40 * slot, h / 6.5)))
         b = 1.2 * a
@@ -440,14 +443,14 @@ def image_path(rec_id, fake_cls, rng):
     return f"DGM4/origin/{source}/{rec_id // 1000:04d}/{rec_id}.jpg"
 
 
-def make_sample(seed, split, index, strength=STRENGTH, distractor_trace=DISTRACTOR_TRACE):
+def make_sample(seed, split, index, strength=STRENGTH, distractor_trace=DISTRACTOR_TRACE, face_area=FACE_AREA):
     """Build one sample in memory: (record, image RGB uint8, extras for statistics and tests)."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     offset = np.random.default_rng([seed, SPLIT_CODES[split]]).random()
     fake_cls = class_of(index, offset)
     w, h = int(rng.integers(256, 401)), int(rng.integers(256, 401))
     k = int(rng.choice([1, 2, 3, 4], p=[0.45, 0.30, 0.15, 0.10]))
-    faces, place = layout_faces(rng, w, h, k), PLACE_NAMES[rng.integers(len(PLACE_NAMES))]
+    faces, place = layout_faces(rng, w, h, k, face_area), PLACE_NAMES[rng.integers(len(PLACE_NAMES))]
     cands = [t for n, t in TEMPLATES if n <= k]
     template = cands[rng.integers(len(cands))]
     slots, _ = caption_slots(rng, template, faces, place)
@@ -490,11 +493,11 @@ def write_jpeg(out, record, img, quality=90):
 
 def write_chunk(args):
     """Worker: generate and write samples ``indices`` of ``split``; return [(record, small stats)]."""
-    out, seed, split, indices, (strength, distractor_trace), quality = args
+    out, seed, split, indices, difficulty, quality = args
     cv2.setNumThreads(1)  # one core per worker
     results = []
     for index in indices:
-        record, img, extras = make_sample(seed, split, index, strength, distractor_trace)
+        record, img, extras = make_sample(seed, split, index, *difficulty)
         write_jpeg(out, record, img, quality)
         results.append((record, {"size": extras["size"], "faces": len(extras["faces"]),
                                  "manip_detected": _detected(record) if record["fake_image_box"] else None}))
@@ -512,8 +515,10 @@ def _detected(record):
     return False
 
 
-def generate_split(out, seed, split, n, workers=1, difficulty=(STRENGTH, DISTRACTOR_TRACE), quality=90, chunk=200):
-    """Generate ``n`` samples of ``split`` (``difficulty`` = (trace strength, distractor trace share)); returns
+def generate_split(out, seed, split, n, workers=1, difficulty=(STRENGTH, DISTRACTOR_TRACE, FACE_AREA), quality=90,
+                   chunk=200):
+    """Generate ``n`` samples of ``split`` (``difficulty`` = (trace strength, distractor trace share, face area
+    range)); returns
     (records, per-sample stats) in index order."""
     jobs = [(out, seed, split, list(range(s, min(n, s + chunk))), difficulty, quality) for s in range(0, n, chunk)]
     if workers > 1:
@@ -566,18 +571,62 @@ def parse_args(argv=None):
                    help="scale of the forgery trace (TRACE x strength; docs/synthetic_benchmark.md)")
     p.add_argument("--distractor-trace", type=float, default=DISTRACTOR_TRACE,
                    help="share of background distractor shapes that carry trace-like blocky noise")
+    p.add_argument("--face-area", type=float, nargs=2, default=list(FACE_AREA), metavar=("MIN", "MAX"),
+                   help="range of face box area / image area, drawn log-uniformly (then limited by the layout)")
     p.add_argument("--jpeg-quality", type=int, default=90)
-    return p.parse_args(argv)
+    p.add_argument("--overwrite", action="store_true",
+                   help="if DIR holds a benchmark generated with other settings, delete it and its caches first")
+    args = p.parse_args(argv)
+    if not 0.0 < args.face_area[0] <= args.face_area[1] < 1.0:
+        p.error(f"--face-area needs 0 < MIN <= MAX < 1, got {args.face_area}")
+    return args
+
+
+# What a generation writes into DIR, and the caches the preprocess steps derive from it (scripts/demo.sh).
+OUTPUTS = ("DGM4", "metadata", "synthetic_stats.json", "faces.json", "stopwords.json", "tokenizer")
+
+
+def settings(args):
+    """Everything the generated bytes depend on (``--workers`` excluded: the output does not depend on it)."""
+    return {"seed": args.seed, "splits": {s: getattr(args, s) for s in ("train", "val", "test")},
+            "trace_strength": args.trace_strength, "distractor_trace": args.distractor_trace,
+            "face_area": list(args.face_area), "jpeg_quality": args.jpeg_quality}
+
+
+def check_previous(args):
+    """Refuse to mix generations: the face / stop-word caches continue by image path, so a benchmark regenerated
+    with other settings in the same DIR would silently keep stale candidate boxes. Same settings: the bytes are
+    identical and every cache stays valid. Other settings: error, or with --overwrite delete OUTPUTS first."""
+    path = os.path.join(args.out, "synthetic_stats.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f).get("generation", {}).get("settings")
+    new = settings(args)
+    if old == new:
+        return
+    if not args.overwrite:
+        raise SystemExit(f"{args.out} holds a benchmark generated with other settings ({old} vs now {new}); "
+                         f"pass --overwrite to delete {', '.join(OUTPUTS)} there first, or choose another --out")
+    for name in OUTPUTS:
+        target = os.path.join(args.out, name)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        elif os.path.exists(target):
+            os.remove(target)
+    print(f"[synthetic] --overwrite: removed the previous generation in {args.out} ({', '.join(OUTPUTS)})")
 
 
 def main(argv=None):
     args = parse_args(argv)
+    check_previous(args)
     stats, all_records, all_small = {}, [], []
     os.makedirs(os.path.join(args.out, "metadata"), exist_ok=True)
     wall, cpu = time.perf_counter(), time.process_time()
     for split in ("train", "val", "test"):
         records, small = generate_split(args.out, args.seed, split, getattr(args, split), args.workers,
-                                        (args.trace_strength, args.distractor_trace), args.jpeg_quality)
+                                        (args.trace_strength, args.distractor_trace, tuple(args.face_area)),
+                                        args.jpeg_quality)
         with open(os.path.join(args.out, "metadata", f"{split}.json"), "w") as f:
             json.dump(records, f)
         stats[split] = summarise(records, small)
@@ -602,8 +651,7 @@ def speed_report(n, wall, cpu, args):
     """Wall-clock rate, and with one worker the CPU-time rate (robust to other processes sharing the core)."""
     report = {"samples": n, "seconds_wall": round(wall, 2), "workers": args.workers,
               "samples_per_s_wall": round(n / wall, 1) if wall > 0 else None,
-              "seed": args.seed, "trace_strength": args.trace_strength,
-              "distractor_trace": args.distractor_trace}
+              "settings": settings(args)}
     if args.workers == 1:
         report["seconds_cpu"] = round(cpu, 2)
         report["samples_per_s_one_core_cpu"] = round(n / cpu, 1) if cpu > 0 else None

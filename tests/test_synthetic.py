@@ -160,3 +160,43 @@ def test_distractor_trace_knob(monkeypatch):
     assert len(calls) > n_fake  # every distractor shape now carries the noise
     args = ms.parse_args(["--out", "x", "--distractor-trace", "0.25"])
     assert args.distractor_trace == 0.25
+
+
+def _area_fractions(face_area):
+    fracs = []
+    for i in range(40):
+        _, _, extras = ms.make_sample(6, "train", i, face_area=face_area)
+        w, h = extras["size"]
+        fracs += [(x2 - x1) * (y2 - y1) / (w * h) for x1, y1, x2, y2 in extras["faces"]]
+    return np.array(fracs)
+
+
+def test_face_area_knob():
+    """--face-area sets the range of face box area / image area (the slot layout can only shrink a face)."""
+    default, large = _area_fractions(ms.FACE_AREA), _area_fractions((0.08, 0.12))
+    assert (default < 0.02).any() and default.max() < 0.25
+    assert large.max() < 0.12 * 1.25 and np.median(large) > 0.05 > np.median(default)
+    args = ms.parse_args(["--out", "x", "--face-area", "0.04", "0.25"])
+    assert args.face_area == [0.04, 0.25]
+    with pytest.raises(SystemExit):
+        ms.parse_args(["--out", "x", "--face-area", "0.3", "0.1"])
+
+
+def test_regeneration_with_other_settings_needs_overwrite(tmp_path, capsys):
+    """A second generation into the same folder: same settings pass (identical bytes, caches stay valid); other
+    settings stop with the two settings named, since the caches continue by image path and would go stale;
+    --overwrite removes the old generation and its caches first."""
+    out = str(tmp_path / "syn")
+    base = ["--out", out, "--train", "6", "--val", "2", "--test", "2", "--seed", "3"]
+    ms.main(base)
+    open(os.path.join(out, "faces.json"), "w").close()  # a cache derived from the first generation
+    ms.main(base)
+    assert os.path.exists(os.path.join(out, "faces.json"))
+    with pytest.raises(SystemExit, match="other settings.*--overwrite"):
+        ms.main(base + ["--trace-strength", "3"])
+    assert os.path.exists(os.path.join(out, "faces.json"))
+    ms.main(base + ["--trace-strength", "3", "--overwrite"])
+    assert not os.path.exists(os.path.join(out, "faces.json"))
+    with open(os.path.join(out, "synthetic_stats.json")) as f:
+        assert json.load(f)["generation"]["settings"]["trace_strength"] == 3.0
+    assert "removed the previous generation" in capsys.readouterr().out
