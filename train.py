@@ -33,7 +33,7 @@ from models import build_model
 from models.pretrained import load_pretrained
 from utils import dist
 from utils.checkpoint import find_resume, gather_rng_states, load_checkpoint, save_checkpoint
-from utils.config import load_config, save_config
+from utils.config import load_config, resume_conflicts, save_config
 from utils.evaluator import evaluate, flatten_metrics
 from utils.logger import JsonlWriter, TensorBoardWriter
 from utils.schedule import lr_at, set_lr
@@ -147,13 +147,23 @@ def unwrap(model):
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def resume(out, model, optimizer, scaler):
+def refuse_other_config(path, saved, cfg):
+    """Stop before a stale run in output_dir continues silently under a changed config."""
+    conflicts = resume_conflicts(saved, cfg)
+    if conflicts:
+        lines = "\n".join(f"  {key}: checkpoint {old!r}, now {new!r}" for key, (old, new) in conflicts.items())
+        raise SystemExit(f"{path} was trained with another config:\n{lines}\n"
+                         f"choose another train.output_dir, or delete {path} to start over")
+
+
+def resume(out, model, optimizer, scaler, cfg):
     """Restore everything from ``<out>/last.pth`` if it exists; return the loop state."""
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": -1.0}
     path = find_resume(str(out))
     if path is None:
         return state
-    ckpt = load_checkpoint(path, model=model, optimizer=optimizer, scaler=scaler, strict=True)  # and RNG
+    ckpt = load_checkpoint(path, model=model, optimizer=optimizer, scaler=scaler, strict=True,  # and RNG
+                           check=lambda saved: refuse_other_config(path, saved["config"], cfg))
     state.update({k: ckpt[k] for k in state})
     print(f"resumed from {path}: epoch {state['epoch']}, step {state['step_in_epoch']} of the epoch, "
           f"global step {state['global_step']}")
@@ -166,7 +176,6 @@ def main(cfg):
     out = Path(tcfg["output_dir"])
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, str(out / "config.yaml"))
     seed_everything(tcfg["seed"] + rank, tcfg["deterministic"])
     print(f"rank {rank}/{world} on {device}; output {out}")
 
@@ -179,7 +188,9 @@ def main(cfg):
     criterion = build_criterion(cfg)
     optimizer = build_optimizer(model, tcfg["lr"], tcfg["weight_decay"])
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg["amp"] == "fp16")
-    state = resume(out, model, optimizer, scaler)
+    state = resume(out, model, optimizer, scaler, cfg)  # refuses a last.pth trained under another config
+    if dist.is_main():
+        save_config(cfg, str(out / "config.yaml"))
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                   find_unused_parameters=has_unused_parameters(cfg)) if world > 1 else model
 

@@ -51,6 +51,14 @@ def test_train_then_test_smoke(tiny_benchmark, tmp_path):
     assert set(first) >= {"id", "score", "label", "pred_box", "gt_box", "token_pred", "token_label", "fake_cls"}
     assert len(first["token_pred"]) == len(first["token_label"])
     assert len(os.listdir(tmp_path / "eval" / "vis")) == 2
+    with open(os.path.join(out, "config.yaml")) as f:
+        before = f.read()
+    other = subprocess.run([sys.executable, "train.py", "--config", "configs/debug.yaml", "--opts",
+                            *tiny_opts(tiny_benchmark, out), "train.lr=0.123"], cwd=ROOT, capture_output=True, text=True)
+    assert other.returncode != 0 and "was trained with another config" in other.stderr
+    assert "train.lr: checkpoint" in other.stderr and "0.123" in other.stderr
+    with open(os.path.join(out, "config.yaml")) as f:
+        assert f.read() == before  # the refused run left the output folder as it was
 
 
 def test_two_ranks_match_one_rank_with_accumulation(tiny_benchmark, tmp_path):

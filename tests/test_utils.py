@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from utils import box_ops, checkpoint, dist, schedule, visualize
-from utils.config import DEFAULTS, load_config
+from utils.config import DEFAULTS, load_config, resume_conflicts
 from utils.logger import JsonlWriter, MetricLogger, SmoothedValue
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,6 +145,20 @@ def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
 
 
 # ---------------------------------------------------------------- box ops
+def test_resume_conflicts_name_every_defining_key():
+    saved = load_config(None, ["train.lr=1e-3", "train.epochs=8"])
+    same = load_config(None, ["train.lr=1e-3", "train.epochs=8", "data.num_workers=0", "eval.batch_size=7",
+                              "train.device=cpu", "train.log_every=3", "train.output_dir=elsewhere"])
+    assert resume_conflicts(saved, same) == {}
+    other = load_config(None, ["train.lr=5e-4", "train.epochs=6", "model.vit.depth=4"])
+    assert resume_conflicts(saved, other) == {"model.vit.depth": (11, 4), "train.epochs": (8, 6),
+                                              "train.lr": (1e-3, 5e-4)}
+    missing = {k: v for k, v in saved.items() if k != "eval"}
+    assert resume_conflicts(missing, saved) == {}  # eval.* may change
+    del missing["loss"]
+    assert "loss.bsc_eps" in resume_conflicts(missing, saved)
+
+
 def test_box_conversions_round_trip_torch_and_numpy():
     xyxy = np.array([[10.0, 20.0, 110.0, 70.0], [0.0, 0.0, 200.0, 100.0]])
     norm = box_ops.pixel_xyxy_to_norm_cxcywh(xyxy, 200, 100)
@@ -272,3 +286,13 @@ def test_render_figure3_maps_tokens_to_words(tmp_path):
     assert paths == [os.path.join(str(tmp_path / "vis"), "7.png")] and os.path.isfile(paths[0])
     with pytest.raises(ValueError, match="id 8"):
         visualize._sample_words(data, dict(pred, id=8))
+
+
+@pytest.mark.parametrize("path", sorted(
+    os.path.relpath(os.path.join(d, f), ROOT) for d, _, fs in os.walk(os.path.join(ROOT, "configs"))
+    for f in fs if f.endswith(".yaml")))
+def test_every_shipped_config_validates(path):
+    """Every YAML under configs/ (paper, demo, debug, each ablation) merges over DEFAULTS without an error."""
+    cfg = load_config(os.path.join(ROOT, path))
+    assert cfg["data"]["image_size"] % cfg["model"]["vit"]["patch_size"] == 0
+    assert set(cfg) == set(DEFAULTS)

@@ -114,9 +114,10 @@ def save_checkpoint(path, **state):
     return path
 
 
-def load_checkpoint(path, model=None, optimizer=None, scaler=None, strict=True, restore_rng=True):
+def load_checkpoint(path, model=None, optimizer=None, scaler=None, strict=True, restore_rng=True, check=None):
     """Load ``path`` (weights_only=True, on the CPU) into the given objects; return the state dict.
 
+    ``check(state)``, if given, runs on the loaded dict before anything is applied (it raises to refuse).
     The model is loaded into its unwrapped module with ``strict``. With ``restore_rng``, the RNG state is
     restored (for a per-rank list: this rank's entry, entry 0 if the checkpoint holds fewer ranks).
     """
@@ -126,6 +127,8 @@ def load_checkpoint(path, model=None, optimizer=None, scaler=None, strict=True, 
     for name, obj in (("model", model), ("optimizer", optimizer), ("scaler", scaler)):
         if obj is not None and name not in state:
             raise KeyError(f"{path}: checkpoint has no '{name}' entry (keys: {sorted(state)})")
+    if check is not None:
+        check(state)
     if model is not None:
         result = _unwrap(model).load_state_dict(state["model"], strict=strict)
         if result.missing_keys or result.unexpected_keys:

@@ -206,3 +206,28 @@ def save_config(cfg, path):
     """Write the resolved config as YAML (floats stay floats)."""
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f, sort_keys=False)
+
+
+# Keys a resumed run may change: where and how often things are written, loader workers, the device and the
+# evaluation settings. Everything else defines the run (data, model, losses, optimisation, schedule).
+RESUMABLE_CHANGES = ("data.num_workers", "train.output_dir", "train.log_every", "train.save_every_steps",
+                     "train.device", "eval.batch_size", "eval.split")
+
+
+def _flatten(cfg, prefix=""):
+    flat = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def resume_conflicts(saved, current):
+    """Dotted keys (outside RESUMABLE_CHANGES) whose values differ between a checkpoint's config and the current
+    one, as ``{key: (saved, current)}``; empty when the run may continue."""
+    old, new = _flatten(saved), _flatten(current)
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)}
