@@ -606,7 +606,8 @@ def check_previous(args):
     if old == new:
         return
     if not args.overwrite:
-        raise SystemExit(f"{args.out} holds a benchmark generated with other settings ({old} vs now {new}); "
+        raise SystemExit(f"{args.out} holds a benchmark generated with other settings "
+                         f"({old or 'not recorded: an older generator'} vs now {new}); "
                          f"pass --overwrite to delete {', '.join(OUTPUTS)} there first, or choose another --out")
     for name in OUTPUTS:
         target = os.path.join(args.out, name)
