@@ -20,5 +20,5 @@ python preprocess/train_tokenizer.py --data-root "$DATA" --metadata metadata/tra
 python preprocess/check_alignment.py --data-root "$DATA" --metadata $SPLITS --tokenizer "$DATA/tokenizer"
 
 python train.py --config "$CONFIG" "$@"
-python test.py --config "$CONFIG"
+python test.py --config "$CONFIG" --visualize 8   # Figure 3-style pictures in output/demo/eval_test/vis
 echo "demo finished in $(( $(date +%s) - start )) s"
