@@ -148,8 +148,9 @@ def unwrap(model):
 
 
 def refuse_other_config(path, saved, cfg):
-    """Stop before a stale run in output_dir continues silently under a changed config."""
-    conflicts = resume_conflicts(saved, cfg)
+    """Stop before a stale run in output_dir continues silently under a changed config (``saved``: the checkpoint)."""
+    saved_world = len(saved["rng"]) if isinstance(saved.get("rng"), list) else 1  # one RNG entry per rank
+    conflicts = resume_conflicts(saved["config"], cfg, saved_world, dist.get_world_size())
     if conflicts:
         lines = "\n".join(f"  {key}: checkpoint {old!r}, now {new!r}" for key, (old, new) in conflicts.items())
         raise SystemExit(f"{path} was trained with another config:\n{lines}\n"
@@ -163,7 +164,7 @@ def resume(out, model, optimizer, scaler, cfg):
     if path is None:
         return state
     ckpt = load_checkpoint(path, model=model, optimizer=optimizer, scaler=scaler, strict=True,  # and RNG
-                           check=lambda saved: refuse_other_config(path, saved["config"], cfg))
+                           check=lambda saved: refuse_other_config(path, saved, cfg))
     state.update({k: ckpt[k] for k in state})
     print(f"resumed from {path}: epoch {state['epoch']}, step {state['step_in_epoch']} of the epoch, "
           f"global step {state['global_step']}")

@@ -159,6 +159,16 @@ def test_resume_conflicts_name_every_defining_key():
     assert "loss.bsc_eps" in resume_conflicts(missing, saved)
 
 
+def test_resume_allows_a_new_split_of_the_same_global_batch():
+    """8 GPUs x 32 may continue as 1 GPU x 32 x accum 8 (same global batch); a different global batch may not."""
+    eight = load_config(None, ["train.batch_size=32", "train.accum_steps=1"])
+    one = load_config(None, ["train.batch_size=32", "train.accum_steps=8"])
+    assert resume_conflicts(eight, one, saved_world=8, world=1) == {}
+    assert resume_conflicts(eight, one) == {"train.accum_steps": (1, 8)}  # world sizes unknown: refuse
+    half = load_config(None, ["train.batch_size=16", "train.accum_steps=8"])
+    assert set(resume_conflicts(eight, half, saved_world=8, world=1)) == {"train.accum_steps", "train.batch_size"}
+
+
 def test_box_conversions_round_trip_torch_and_numpy():
     xyxy = np.array([[10.0, 20.0, 110.0, 70.0], [0.0, 0.0, 200.0, 100.0]])
     norm = box_ops.pixel_xyxy_to_norm_cxcywh(xyxy, 200, 100)

@@ -225,9 +225,17 @@ def _flatten(cfg, prefix=""):
     return flat
 
 
-def resume_conflicts(saved, current):
+def resume_conflicts(saved, current, saved_world=None, world=None):
     """Dotted keys (outside RESUMABLE_CHANGES) whose values differ between a checkpoint's config and the current
-    one, as ``{key: (saved, current)}``; empty when the run may continue."""
+    one, as ``{key: (saved, current)}``; empty when the run may continue. Given both world sizes, a new split of
+    the same global batch (world x train.accum_steps x train.batch_size, e.g. 8 GPUs -> 1 GPU with accum_steps=8)
+    is allowed: the sampler draws identical global batches for every factorisation."""
     old, new = _flatten(saved), _flatten(current)
-    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-            if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)}
+    conflicts = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+                 if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)}
+    split = ("train.accum_steps", "train.batch_size")
+    if saved_world and world and all(k in old and k in new for k in split):
+        if saved_world * old[split[0]] * old[split[1]] == world * new[split[0]] * new[split[1]]:
+            for key in split:
+                conflicts.pop(key, None)
+    return conflicts
