@@ -32,7 +32,7 @@ from losses import build_criterion
 from models import build_model
 from models.pretrained import load_pretrained
 from utils import dist
-from utils.checkpoint import find_resume, gather_rng_states, load_checkpoint, save_checkpoint
+from utils.checkpoint import find_resume, gather_rng_states, load_checkpoint, save_checkpoint, saved_world_size
 from utils.config import load_config, resume_conflicts, save_config
 from utils.evaluator import evaluate, flatten_metrics
 from utils.logger import JsonlWriter, TensorBoardWriter
@@ -149,8 +149,7 @@ def unwrap(model):
 
 def refuse_other_config(path, saved, cfg):
     """Stop before a stale run in output_dir continues silently under a changed config (``saved``: the checkpoint)."""
-    saved_world = len(saved["rng"]) if isinstance(saved.get("rng"), list) else 1  # one RNG entry per rank
-    conflicts = resume_conflicts(saved["config"], cfg, saved_world, dist.get_world_size())
+    conflicts = resume_conflicts(saved["config"], cfg, saved_world_size(saved), dist.get_world_size())
     if conflicts:
         lines = "\n".join(f"  {key}: checkpoint {old!r}, now {new!r}" for key, (old, new) in conflicts.items())
         raise SystemExit(f"{path} was trained with another config:\n{lines}\n"

@@ -497,7 +497,7 @@ def write_chunk(args):
     cv2.setNumThreads(1)  # one core per worker
     results = []
     for index in indices:
-        record, img, extras = make_sample(seed, split, index, *difficulty)
+        record, img, extras = make_sample(seed, split, index, **difficulty)
         write_jpeg(out, record, img, quality)
         results.append((record, {"size": extras["size"], "faces": len(extras["faces"]),
                                  "manip_detected": _detected(record) if record["fake_image_box"] else None}))
@@ -515,11 +515,10 @@ def _detected(record):
     return False
 
 
-def generate_split(out, seed, split, n, workers=1, difficulty=(STRENGTH, DISTRACTOR_TRACE, FACE_AREA), quality=90,
-                   chunk=200):
-    """Generate ``n`` samples of ``split`` (``difficulty`` = (trace strength, distractor trace share, face area
-    range)); returns
-    (records, per-sample stats) in index order."""
+def generate_split(out, seed, split, n, workers=1, difficulty=None, quality=90, chunk=200):
+    """Generate ``n`` samples of ``split``; ``difficulty``: keyword arguments of ``make_sample`` (strength,
+    distractor_trace, face_area; its defaults where absent). Returns (records, per-sample stats) in index order."""
+    difficulty = difficulty or {}
     jobs = [(out, seed, split, list(range(s, min(n, s + chunk))), difficulty, quality) for s in range(0, n, chunk)]
     if workers > 1:
         with mp.get_context("spawn").Pool(workers) as pool:
@@ -626,7 +625,8 @@ def main(argv=None):
     wall, cpu = time.perf_counter(), time.process_time()
     for split in ("train", "val", "test"):
         records, small = generate_split(args.out, args.seed, split, getattr(args, split), args.workers,
-                                        (args.trace_strength, args.distractor_trace, tuple(args.face_area)),
+                                        {"strength": args.trace_strength, "distractor_trace": args.distractor_trace,
+                                         "face_area": tuple(args.face_area)},
                                         args.jpeg_quality)
         with open(os.path.join(args.out, "metadata", f"{split}.json"), "w") as f:
             json.dump(records, f)

@@ -142,6 +142,12 @@ def load_checkpoint(path, model=None, optimizer=None, scaler=None, strict=True, 
     return state
 
 
+def saved_world_size(state):
+    """Number of processes that wrote ``state``: its per-rank RNG list has one entry per rank (1 otherwise)."""
+    rng = state.get("rng")
+    return len(rng) if isinstance(rng, list) else 1
+
+
 def _rng_for_this_rank(rng, path):
     """``rng`` is one state (dict) or a per-rank list; pick this rank's entry (entry 0 if there is none)."""
     if isinstance(rng, dict):

@@ -214,14 +214,14 @@ RESUMABLE_CHANGES = ("data.num_workers", "train.output_dir", "train.log_every", 
                      "train.device", "eval.batch_size", "eval.split")
 
 
-def _flatten(cfg, prefix=""):
+def flatten(values, prefix="", sep="."):
+    """``{"a": 1, "b": {"c": 2}}`` -> ``{"a": 1, "b.c": 2}`` (``sep`` between the levels)."""
     flat = {}
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
+    for key, value in values.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, name + "."))
+            flat.update(flatten(value, f"{prefix}{key}{sep}", sep))
         else:
-            flat[name] = value
+            flat[prefix + key] = value
     return flat
 
 
@@ -230,7 +230,7 @@ def resume_conflicts(saved, current, saved_world=None, world=None):
     one, as ``{key: (saved, current)}``; empty when the run may continue. Given both world sizes, a new split of
     the same global batch (world x train.accum_steps x train.batch_size, e.g. 8 GPUs -> 1 GPU with accum_steps=8)
     is allowed: the sampler draws identical global batches for every factorisation."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten(saved), flatten(current)
     conflicts = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
                  if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)}
     split = ("train.accum_steps", "train.batch_size")

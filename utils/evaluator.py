@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from utils import dist, metrics
+from utils.config import flatten
 from utils.training import to_device
 
 IGNORE = metrics.IGNORE_INDEX
@@ -199,13 +200,7 @@ class DGM4Evaluator:
 
 def flatten_metrics(values, prefix=""):
     """``{"a": 1, "b": {"c": 2}}`` -> ``{"a": 1, "b/c": 2}`` (for JSON lines and TensorBoard)."""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(flatten_metrics(value, f"{prefix}{key}/"))
-        else:
-            flat[prefix + key] = value
-    return flat
+    return flatten(values, prefix, sep="/")
 
 
 def _plain(value):
