@@ -12,17 +12,12 @@ atomically; ``last.pth`` every epoch (and every ``train.save_every_steps`` optim
 dict printed *before* anything is written.
 """
 import argparse
-import contextlib
-import math
-import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from datasets.dgm4 import build_dataset, collate
 from datasets.sampler import BlockDistributedSampler, eval_sampler
@@ -32,12 +27,11 @@ from losses import build_criterion
 from models import build_model
 from models.pretrained import load_pretrained
 from utils import dist
-from utils.checkpoint import find_resume, gather_rng_states, load_checkpoint, save_checkpoint, saved_world_size
-from utils.config import load_config, resume_conflicts, save_config
+from utils.config import load_config, save_config
 from utils.evaluator import evaluate, flatten_metrics
 from utils.logger import JsonlWriter, TensorBoardWriter
-from utils.schedule import lr_at, set_lr
-from utils.training import amp_context, build_optimizer, seed_everything, to_device
+from utils.loop import resume_state, save_state, train_one_epoch, unwrap
+from utils.training import build_optimizer, seed_everything, to_device
 
 
 def parse_args(argv=None):
@@ -64,110 +58,12 @@ def build_loaders(cfg, world, rank):
     return train_loader, val_loader
 
 
-def check_finite(losses, state):
-    """Stop every rank, before any checkpoint is touched, if any rank saw a non-finite loss."""
-    bad = torch.tensor(float(not math.isfinite(losses["loss"].item())))
-    if dist.get_world_size() > 1:
-        torch.distributed.all_reduce(bad)
-    if bad.item() > 0:
-        values = {k: float(v) for k, v in losses.items()}
-        print(f"[rank {dist.get_rank()}] non-finite loss at global step {state['global_step']} "
-              f"(epoch {state['epoch']}, step {state['step_in_epoch']}): {values}. "
-              "Stopping; existing checkpoints were left untouched.", file=sys.stderr, flush=True)
-        dist.cleanup()
-        sys.exit(3)
-
-
-def train_one_epoch(model, criterion, loader, optimizer, scaler, cfg, state, ctx):
-    """One epoch of optimizer steps (each ``accum_steps`` micro-batches); updates ``state``."""
-    tcfg = cfg["train"]
-    accum, device = tcfg["accum_steps"], ctx["device"]
-    model.train()
-    sums, count = {}, 0
-    bar = tqdm(total=len(loader) // accum, disable=not dist.is_main(), desc=f"epoch {state['epoch']}",
-               dynamic_ncols=True, leave=False)
-    for i, batch in enumerate(loader):
+def weak_losses(criterion, device):
+    """The training step's losses: the nine weakly supervised losses of CIEC on the model's outputs."""
+    def compute(model, batch, state, micro):
         batch = to_device(batch, device)
-        last_micro = (i + 1) % accum == 0
-        sync = model.no_sync() if (isinstance(model, DistributedDataParallel) and not last_micro) \
-            else contextlib.nullcontext()
-        with sync:
-            with amp_context(device, tcfg["amp"]):
-                losses = criterion(model(batch), batch)
-            check_finite(losses, state)
-            scaler.scale(losses["loss"] / accum).backward()
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-        count += 1
-        if not last_micro:
-            continue
-        # the lr of the update that makes global step g+1 (warm-up never spends a step at lr 0)
-        set_lr(optimizer, lr_at(state["global_step"] + 1, tcfg["lr"], tcfg["min_lr"], tcfg["warmup_steps"],
-                                ctx["total_steps"]))
-        optimizer_step(model, optimizer, scaler, tcfg)
-        state["global_step"] += 1
-        state["step_in_epoch"] += 1
-        bar.update(1)
-        if state["global_step"] % tcfg["log_every"] == 0:
-            log_train(sums, count, optimizer, state, ctx)
-            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
-        if tcfg["save_every_steps"] and state["global_step"] % tcfg["save_every_steps"] == 0:
-            save(ctx["out"] / "last.pth", model, optimizer, scaler, cfg, state)
-    bar.close()
-    return {k: v / max(count, 1) for k, v in sums.items()}
-
-
-def optimizer_step(model, optimizer, scaler, tcfg):
-    if tcfg["clip_grad"] > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["clip_grad"])
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def log_train(sums, count, optimizer, state, ctx):
-    means = dist.reduce_dict({k: torch.tensor(v / count) for k, v in sums.items()})
-    if dist.is_main():
-        row = {f"train/{k}": float(v) for k, v in means.items()}
-        row["lr"] = optimizer.param_groups[0]["lr"]
-        ctx["jsonl"].write({"global_step": state["global_step"], "epoch": state["epoch"], **row})
-        ctx["tb"].add_scalars(row, state["global_step"])
-
-
-def save(path, model, optimizer, scaler, cfg, state):
-    rng = gather_rng_states()  # collective: every rank's RNG, for an exact per-rank resume
-    if dist.is_main():
-        save_checkpoint(str(path), model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
-                        scaler=scaler.state_dict(), rng=rng, config=cfg, **state)
-    dist.barrier()
-
-
-def unwrap(model):
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def refuse_other_config(path, saved, cfg):
-    """Stop before a stale run in output_dir continues silently under a changed config (``saved``: the checkpoint)."""
-    conflicts = resume_conflicts(saved["config"], cfg, saved_world_size(saved), dist.get_world_size())
-    if conflicts:
-        lines = "\n".join(f"  {key}: checkpoint {old!r}, now {new!r}" for key, (old, new) in conflicts.items())
-        raise SystemExit(f"{path} was trained with another config:\n{lines}\n"
-                         f"choose another train.output_dir, or delete {path} to start over")
-
-
-def resume(out, model, optimizer, scaler, cfg):
-    """Restore everything from ``<out>/last.pth`` if it exists; return the loop state."""
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": -1.0}
-    path = find_resume(str(out))
-    if path is None:
-        return state
-    ckpt = load_checkpoint(path, model=model, optimizer=optimizer, scaler=scaler, strict=True,  # and RNG
-                           check=lambda saved: refuse_other_config(path, saved, cfg))
-    state.update({k: ckpt[k] for k in state})
-    print(f"resumed from {path}: epoch {state['epoch']}, step {state['step_in_epoch']} of the epoch, "
-          f"global step {state['global_step']}")
-    return state
+        return criterion(model(batch), batch)
+    return compute
 
 
 def main(cfg):
@@ -188,7 +84,7 @@ def main(cfg):
     criterion = build_criterion(cfg)
     optimizer = build_optimizer(model, tcfg["lr"], tcfg["weight_decay"])
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg["amp"] == "fp16")
-    state = resume(out, model, optimizer, scaler, cfg)  # refuses a last.pth trained under another config
+    state = resume_state(out, model, optimizer, scaler, cfg)  # refuses a last.pth trained under another config
     if dist.is_main():
         save_config(cfg, str(out / "config.yaml"))
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -204,7 +100,8 @@ def main(cfg):
         sampler.set_epoch(state["epoch"])
         sampler.set_start(state["step_in_epoch"])
         train_loader.dataset.set_epoch(state["epoch"])
-        train_stats = train_one_epoch(ddp, criterion, train_loader, optimizer, scaler, cfg, state, ctx)
+        train_stats = train_one_epoch(ddp, weak_losses(criterion, device), train_loader, optimizer, scaler, cfg,
+                                      state, ctx)
         metrics, _ = evaluate(unwrap(ddp), val_loader, device, amp_dtype=amp_dtype(tcfg["amp"]))
         state["epoch"] += 1
         state["step_in_epoch"] = 0
@@ -217,8 +114,8 @@ def end_of_epoch(model, optimizer, scaler, cfg, state, ctx, train_stats, metrics
     improved = metrics["AUC"] > state["best_metric"]
     if improved:
         state["best_metric"] = metrics["AUC"]
-        save(ctx["out"] / "best.pth", model, optimizer, scaler, cfg, state)
-    save(ctx["out"] / "last.pth", model, optimizer, scaler, cfg, state)
+        save_state(ctx["out"] / "best.pth", model, optimizer, scaler, cfg, state)
+    save_state(ctx["out"] / "last.pth", model, optimizer, scaler, cfg, state)
     if dist.is_main():
         row = {"epoch": state["epoch"], "global_step": state["global_step"], "seconds": round(seconds, 1),
                **{f"train/{k}": v for k, v in train_stats.items()},

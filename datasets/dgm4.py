@@ -26,7 +26,7 @@ from tqdm import tqdm
 from datasets.records import (FAKE_CLS, RecordError, check_box_in_image, load_metadata, open_image,
                               read_image_sized)
 from datasets.text import (align_words, benchmark_token_labels, clean_token_labels, content_token_mask, encode,
-                           load_tokenizer, normalize_caption)
+                           load_tokenizer, normalize_caption, token_words)
 from datasets.transforms import boxes_to_cxcywh, build_transform
 from preprocess.cache_io import load_cache
 
@@ -178,6 +178,7 @@ class DGM4Dataset(Dataset):
             "token_label": torch.tensor(benchmark_token_labels(enc, pos, self.max_words), dtype=torch.long),
             "token_label_clean": torch.tensor(clean_token_labels(enc, spans, owner, pos), dtype=torch.long),
             "content_mask": torch.tensor(content_token_mask(enc, spans, word_mask), dtype=torch.float32),
+            "word_index": torch.tensor(token_words(enc, spans, spans[-1][1] if spans else 0), dtype=torch.long),
         }
 
 
@@ -201,13 +202,14 @@ def collate(samples):
             for key in samples[0]}
 
 
-def build_dataset(cfg, split):
-    """``DGM4Dataset`` for ``split`` in train/val/test from ``cfg["data"]`` (train transform only for train)."""
+def build_dataset(cfg, split, files=None):
+    """``DGM4Dataset`` for ``split`` in train/val/test from ``cfg["data"]`` (train transform only for train);
+    ``files`` (relative to ``data.root``) replaces ``data.<split>_files`` (pretrain.py's corpus)."""
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
     d = cfg["data"]
     return DGM4Dataset(
-        d["root"], d[f"{split}_files"], d["tokenizer"], os.path.join(d["root"], d["face_cache"]),
+        d["root"], d[f"{split}_files"] if files is None else files, d["tokenizer"], os.path.join(d["root"], d["face_cache"]),
         os.path.join(d["root"], d["stopword_cache"]), image_size=d["image_size"], max_len=d["max_len"],
         max_words=d["max_words"], num_boxes=d["num_boxes"], train=split == "train", on_bad=d["on_bad_record"],
         box_tolerance=d["box_tolerance"], jpeg_draft=d["jpeg_draft"], check_images=d["check_images"])

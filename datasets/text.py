@@ -126,6 +126,20 @@ def check_tokenizer_fits(tokenizer, vocab_size, max_position_embeddings, max_len
                          f"embeddings; model.text.max_position_embeddings is {max_position_embeddings}")
 
 
+def ordinary_token_range(tokenizer):
+    """(lo, hi): the ids of ordinary (non-special) tokens, a contiguous range (RoBERTa: specials 0-3 and <mask>
+    last; preprocess/train_tokenizer.py: specials 0-4). Raises if a special token lies inside the range."""
+    specials, lo, hi = set(tokenizer.all_special_ids), 0, len(tokenizer)
+    while lo in specials:
+        lo += 1
+    while hi - 1 in specials:
+        hi -= 1
+    inside = sorted(s for s in specials if lo <= s < hi)
+    if inside or lo >= hi:
+        raise ValueError(f"special token ids {sorted(specials)} are not at the two ends of the vocabulary")
+    return lo, hi
+
+
 def encode(tokenizer, caption, max_len):
     """Tokenise one normalised caption: ``<s> ... </s> <pad>...`` padded/truncated to ``max_len``.
 

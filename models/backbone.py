@@ -63,10 +63,16 @@ class Backbone(nn.Module):
                        text_in_dim=text["hidden_size"], **cfa)
         self.grid_size = self.vit_model.patch_embed.grid_size
 
+    def encode_image(self, image):
+        """(B,3,S,S) -> V = [V_cls, V_pat] (B,1+N,Dv)."""
+        return self.vit_model.forward_features(image)
+
+    def encode_text(self, input_ids, attention_mask):
+        """(B,L) ids and mask -> T = [T_cls, T_tok] (B,L,Dt)."""
+        return self.text_transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
     def forward(self, image, input_ids, attention_mask):
-        v_raw = self.vit_model.forward_features(image)
-        t_raw = self.text_transformer(input_ids=input_ids,
-                                      attention_mask=attention_mask).last_hidden_state
+        v_raw, t_raw = self.encode_image(image), self.encode_text(input_ids, attention_mask)
         out = self.cfa(v_raw, t_raw, text_mask=attention_mask, image_mask=None)
         return {"v_raw": v_raw, "t_raw": t_raw, **out}
 

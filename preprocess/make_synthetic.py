@@ -12,9 +12,13 @@ shirt colour that the caption may mention. Manipulations (``fake_cls`` in DGM4's
   * text_swap: names (and sometimes the place) replaced by a cast member not pictured (another place);
     text_attribute: an expression or shirt-colour word replaced. ``fake_text_pos`` = replaced word indices.
 
-Usage: ``python preprocess/make_synthetic.py --out DIR --train N --val N --test N --seed S [--workers K]``.
+Usage: ``python preprocess/make_synthetic.py --out DIR --train N --val N --test N --seed S [--pretrain N]
+[--workers K]``.
 Writes JPEGs under DIR/DGM4/{origin,manipulation}/..., DIR/metadata/{train,val,test}.json (JSON arrays of
-records with exactly the DGM4 fields, ``image`` relative to DIR) and DIR/synthetic_stats.json.
+records with exactly the DGM4 fields, ``image`` relative to DIR), DIR/synthetic_stats.json and DIR/word_kinds.json
+(the normalised name / attribute / place words of the captions, ``word_kinds()``).
+``--pretrain N`` adds DIR/metadata/pretrain.json: N pristine pairs (every record orig, ids 1000000+i, own images)
+for pre-training; it shares no image with the benchmark splits and leaves their bytes unchanged.
 Every sample draws from its own RNG seeded by (seed, split, index): the output does not depend on --workers.
 """
 import argparse
@@ -40,8 +44,10 @@ CLASS_PROBS = {  # DGM4 statistics figure (dgm4_protocol.md 1.4), percent
     "face_swap&text_swap": 5.4, "face_swap&text_attribute": 2.3,
     "face_attribute&text_swap": 4.6, "face_attribute&text_attribute": 1.9,
 }
-SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
-ID_BASE = {"train": 100000, "val": 600000, "test": 800000}
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "pretrain": 3}
+ID_BASE = {"train": 100000, "val": 600000, "test": 800000, "pretrain": 1000000}
+BENCHMARK_SPLITS = ("train", "val", "test")
+PRISTINE_SPLITS = ("pretrain",)  # splits whose every sample is an orig pair (no class draw, no manipulation)
 ORIGIN_SOURCES = ("gardian", "usa_today", "washington_post", "bbc")
 SWAP_METHODS, ATTR_METHODS = ("simswap", "infoswap"), ("StyleCLIP", "HFGI")
 
@@ -363,6 +369,39 @@ def caption_slots(rng, template, faces, place):
     return slots, people
 
 
+# slot of a caption word -> its kind in word_kinds(); the other slots ({Y}, {EV}, {ROLE}, {DATE}) are fillers
+SLOT_KINDS = (("names", re.compile(r"N\d")), ("attributes", re.compile(r"[ECH]\d")), ("places", re.compile(r"P")))
+
+
+def word_kinds():
+    """Normalised word forms (``datasets.text.normalize_caption``, split on " ") that the captions' slots give:
+    {"names": cast first / last name words and the possessive forms of "{N0}'s" ("bergs", "vargas"),
+    "attributes": expression, shirt-colour and hair-colour words, "places": place words, "source": ...}.
+    Derived from the vocabularies rendered into every slot-bearing template piece, so punctuation glued to a slot
+    ("{N0}'s", "({E0})", "{P}:") is normalised exactly as in the captions. A word in two kinds is an error."""
+    from datasets.text import normalize_caption  # lazy: spawned generator workers do not need it
+
+    values = {"names": [c["name"] for c in CAST], "attributes": list(EXPRESSIONS) + list(SHIRT_NAMES)
+              + list(HAIR_NAMES), "places": list(PLACE_NAMES)}
+    pieces = {p for _, t in TEMPLATES for p in t.split(" ")}
+    slot_pieces = {kind: ["{0}"] for kind in values}  # the bare value, whatever the templates hold
+    for piece in pieces:
+        for slot in SLOT_RE.findall(piece):
+            for kind, pattern in SLOT_KINDS:
+                if pattern.fullmatch(slot):
+                    slot_pieces[kind].append(SLOT_RE.sub(lambda m: "{0}" if m.group(1) == slot else "", piece))
+    kinds = {}
+    for kind, vals in values.items():
+        words = {w for v in vals for piece in slot_pieces[kind]
+                 for w in normalize_caption(piece.format(v), None).split(" ") if w}
+        kinds[kind] = sorted(words)
+    for a, b in (("names", "attributes"), ("names", "places"), ("attributes", "places")):
+        both = set(kinds[a]) & set(kinds[b])
+        assert not both, f"words in both {a} and {b}: {sorted(both)}"
+    kinds["source"] = "preprocess/make_synthetic.py vocabularies"
+    return kinds
+
+
 def swap_text(rng, slots, template, faces):
     """text_swap: replace 1-2 names by cast members not pictured (and with p=0.3 the place)."""
     named = [s for s in ("N0", "N1") if "{%s}" % s in template]
@@ -446,8 +485,10 @@ def image_path(rec_id, fake_cls, rng):
 def make_sample(seed, split, index, strength=STRENGTH, distractor_trace=DISTRACTOR_TRACE, face_area=FACE_AREA):
     """Build one sample in memory: (record, image RGB uint8, extras for statistics and tests)."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
-    offset = np.random.default_rng([seed, SPLIT_CODES[split]]).random()
-    fake_cls = class_of(index, offset)
+    if split in PRISTINE_SPLITS:
+        fake_cls = "orig"
+    else:
+        fake_cls = class_of(index, np.random.default_rng([seed, SPLIT_CODES[split]]).random())
     w, h = int(rng.integers(256, 401)), int(rng.integers(256, 401))
     k = int(rng.choice([1, 2, 3, 4], p=[0.45, 0.30, 0.15, 0.10]))
     faces, place = layout_faces(rng, w, h, k, face_area), PLACE_NAMES[rng.integers(len(PLACE_NAMES))]
@@ -565,6 +606,9 @@ def parse_args(argv=None):
     p.add_argument("--val", type=int, default=300)
     p.add_argument("--test", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pretrain", type=int, default=0,
+                   help="N > 0: also write metadata/pretrain.json, N pristine (orig) pairs with their own images "
+                        "(ids 1000000+i) for pre-training; the train/val/test bytes do not change")
     p.add_argument("--workers", type=int, default=1, help="processes (output does not depend on it)")
     p.add_argument("--trace-strength", type=float, default=STRENGTH,
                    help="scale of the forgery trace (TRACE x strength; docs/synthetic_benchmark.md)")
@@ -576,18 +620,27 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true",
                    help="if DIR holds a benchmark generated with other settings, delete it and its caches first")
     args = p.parse_args(argv)
+    for split in BENCHMARK_SPLITS + ("pretrain",):
+        if getattr(args, split) < 0:
+            p.error(f"--{split} needs a count >= 0, got {getattr(args, split)}")
     if not 0.0 < args.face_area[0] <= args.face_area[1] < 1.0:
         p.error(f"--face-area needs 0 < MIN <= MAX < 1, got {args.face_area}")
     return args
 
 
 # What a generation writes into DIR, and the caches the preprocess steps derive from it (scripts/demo.sh).
-OUTPUTS = ("DGM4", "metadata", "synthetic_stats.json", "faces.json", "stopwords.json", "tokenizer")
+OUTPUTS = ("DGM4", "metadata", "synthetic_stats.json", "word_kinds.json", "faces.json", "stopwords.json",
+           "tokenizer")
 
 
 def settings(args):
-    """Everything the generated bytes depend on (``--workers`` excluded: the output does not depend on it)."""
-    return {"seed": args.seed, "splits": {s: getattr(args, s) for s in ("train", "val", "test")},
+    """Everything the generated bytes depend on (``--workers`` excluded: the output does not depend on it).
+    ``splits`` holds "pretrain" only when --pretrain > 0, so folders generated before the option existed (or
+    without it) keep their settings; any change of the pretrain count still changes the settings."""
+    splits = {s: getattr(args, s) for s in BENCHMARK_SPLITS}
+    if args.pretrain > 0:
+        splits["pretrain"] = args.pretrain
+    return {"seed": args.seed, "splits": splits,
             "trace_strength": args.trace_strength, "distractor_trace": args.distractor_trace,
             "face_area": list(args.face_area), "jpeg_quality": args.jpeg_quality}
 
@@ -622,8 +675,13 @@ def main(argv=None):
     check_previous(args)
     stats, all_records, all_small = {}, [], []
     os.makedirs(os.path.join(args.out, "metadata"), exist_ok=True)
+    stale = os.path.join(args.out, "metadata", "pretrain.json")
+    if args.pretrain == 0 and os.path.exists(stale):  # not from this generation (its settings have no pretrain)
+        os.remove(stale)
+        print(f"[synthetic] removed {stale}: not part of this generation (--pretrain 0)")
     wall, cpu = time.perf_counter(), time.process_time()
-    for split in ("train", "val", "test"):
+    splits = BENCHMARK_SPLITS + (("pretrain",) if args.pretrain > 0 else ())
+    for split in splits:  # pretrain last, with its own split code and ids: the benchmark bytes do not change
         records, small = generate_split(args.out, args.seed, split, getattr(args, split), args.workers,
                                         {"strength": args.trace_strength, "distractor_trace": args.distractor_trace,
                                          "face_area": tuple(args.face_area)},
@@ -631,18 +689,23 @@ def main(argv=None):
         with open(os.path.join(args.out, "metadata", f"{split}.json"), "w") as f:
             json.dump(records, f)
         stats[split] = summarise(records, small)
-        all_records += records
-        all_small += small
+        if split in BENCHMARK_SPLITS:  # "all" = the benchmark (train + val + test), without the pretrain corpus
+            all_records += records
+            all_small += small
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     stats["all"] = summarise(all_records, all_small)
-    stats["generation"] = speed_report(len(all_records), wall, cpu, args)
+    stats["generation"] = speed_report(len(all_records) + args.pretrain, wall, cpu, args)
+    with open(os.path.join(args.out, "word_kinds.json"), "w") as f:
+        json.dump(word_kinds(), f, indent=1)
     with open(os.path.join(args.out, "synthetic_stats.json"), "w") as f:
         json.dump(stats, f, indent=1)
     gen = stats["generation"]
-    print(f"wrote {gen['samples']} samples to {args.out} in {wall:.1f} s wall: {gen['samples_per_s_wall']} samples/s "
+    what = (f"{gen['samples']} samples ({len(all_records)} train/val/test + {args.pretrain} pristine pre-training "
+            f"pairs in metadata/pretrain.json)" if args.pretrain > 0 else f"{gen['samples']} samples")
+    print(f"wrote {what} to {args.out} in {wall:.1f} s wall: {gen['samples_per_s_wall']} samples/s "
           f"with {args.workers} worker(s)" + (f"; one core: {gen['samples_per_s_one_core_cpu']} samples/s "
                                               f"(CPU time)" if args.workers == 1 else ""))
-    print("class mix (all splits): " + ", ".join(f"{c} {v['pct']}%" for c, v in stats["all"]["class_mix"].items()))
+    print("class mix (train/val/test): " + ", ".join(f"{c} {v['pct']}%" for c, v in stats["all"]["class_mix"].items()))
     print(f"manipulated boxes below 5% of the image: {stats['all']['box_area_over_image_area']['pct_below_5']}%; "
           f"manipulated face detected: {stats['all']['manipulated_face_detected_pct']}%")
     return stats

@@ -24,14 +24,15 @@ def run_script(*args, cwd=ROOT, timeout=600):
 
 @pytest.fixture(scope="session")
 def tiny_benchmark(tmp_path_factory):
-    """A synthetic benchmark of 64/16/16 samples with face cache, stop-word masks and tokenizer.
+    """A synthetic benchmark of 64/16/16 samples (and 48 pristine pre-training pairs) with face cache, stop-word
+    masks and tokenizer.
 
     Returns a dict of paths: root, tokenizer, faces, stopwords.
     """
     root = tmp_path_factory.mktemp("synthetic")
-    splits = ["metadata/train.json", "metadata/val.json", "metadata/test.json"]
+    splits = ["metadata/train.json", "metadata/val.json", "metadata/test.json", "metadata/pretrain.json"]
     run_script("preprocess/make_synthetic.py", "--out", str(root), "--train", "64", "--val", "16",
-               "--test", "16", "--seed", "0")
+               "--test", "16", "--pretrain", "48", "--seed", "0")
     run_script("preprocess/detect_faces.py", "--data-root", str(root), "--metadata", *splits,
                "--out", str(root / "faces.json"), "--from-metadata")
     run_script("preprocess/stopword_masks.py", "--data-root", str(root), "--metadata", *splits,

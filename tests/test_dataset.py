@@ -28,7 +28,7 @@ TEXTS = ["The Bulmer-Rizzi family won the award", "Covid19 cases rose sharply in
          "A man is holding a red umbrella", "The president met leaders in Paris/London"]
 ARCH_KEYS = {"index", "id", "fake_cls", "caption", "image", "y_m", "y_v", "y_t", "multi_label", "gt_box",
              "cand_boxes", "cand_mask", "input_ids", "attention_mask", "token_label", "token_label_clean",
-             "content_mask", "orig_size"}
+             "content_mask", "word_index", "orig_size"}
 
 
 def make_records():

@@ -200,3 +200,160 @@ def test_regeneration_with_other_settings_needs_overwrite(tmp_path, capsys):
     with open(os.path.join(out, "synthetic_stats.json")) as f:
         assert json.load(f)["generation"]["settings"]["trace_strength"] == 3.0
     assert "removed the previous generation" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pre-training corpus (--pretrain N) and word_kinds.json
+# ---------------------------------------------------------------------------------------------------------------
+SMALL = ["--train", "8", "--val", "4", "--test", "4", "--seed", "2"]
+
+
+@pytest.fixture(scope="module")
+def with_pretrain(tmp_path_factory):
+    """The same small benchmark generated without and with --pretrain 12."""
+    base = tmp_path_factory.mktemp("nopre")
+    pre = tmp_path_factory.mktemp("pre")
+    ms.main(["--out", str(base)] + SMALL)
+    stats = ms.main(["--out", str(pre)] + SMALL + ["--pretrain", "12"])
+    return base, pre, stats
+
+
+def test_pretrain_records_are_pristine_pairs(with_pretrain):
+    _, pre, stats = with_pretrain
+    recs = _load(pre, "pretrain")
+    assert [r["id"] for r in recs] == list(range(1000000, 1000012))
+    for r in recs:
+        assert set(r) == FIELDS, r
+        assert r["fake_cls"] == "orig" and r["fake_image_box"] == [] and r["fake_text_pos"] == []
+        assert r["image"].startswith("DGM4/origin/") and r["image"].endswith(f"/{r['id']}.jpg")
+        assert all(len(b) == 4 and all(type(v) is int for v in b) for b in r["mtcnn_boxes"])
+        with Image.open(os.path.join(pre, r["image"])) as im:
+            assert im.format == "JPEG" and 256 <= min(im.size) and max(im.size) <= 400
+    # a plain orig sample of another split: only split code, id and the draws differ, not the recipe
+    rec, _, extras = ms.make_sample(2, "pretrain", 3)
+    assert rec == recs[3] and rec["text"] == extras["orig_text"] and extras["manip_face"] is None
+    records, skipped = load_metadata(str(pre), ["metadata/pretrain.json"], on_bad="fail")
+    assert len(records) == 12 and not skipped
+    assert stats["pretrain"]["samples"] == 12 and stats["pretrain"]["class_mix"]["orig"]["count"] == 12
+    assert stats["all"]["samples"] == 16  # "all" = the benchmark splits only
+    assert stats["generation"]["samples"] == 28
+    assert stats["generation"]["settings"]["splits"]["pretrain"] == 12
+
+
+def test_pretrain_shares_no_image_and_keeps_benchmark_bytes(with_pretrain):
+    base, pre, _ = with_pretrain
+    bench = [r for split in ("train", "val", "test") for r in _load(pre, split)]
+    assert {r["image"] for r in _load(pre, "pretrain")}.isdisjoint({r["image"] for r in bench})
+    assert {r["id"] for r in _load(pre, "pretrain")}.isdisjoint({r["id"] for r in bench})
+    for split in ("train", "val", "test"):
+        assert _load(pre, split) == _load(base, split), split
+        for r in _load(base, split):
+            assert (pre / r["image"]).read_bytes() == (base / r["image"]).read_bytes(), r["image"]
+    assert not (base / "metadata" / "pretrain.json").exists()
+    # own scenes too, not copies of benchmark scenes under new paths (own split code in the per-sample RNG)
+    for i in range(12):
+        rec, img, _ = ms.make_sample(2, "pretrain", i)
+        for split in ("train", "val", "test"):
+            other, other_img, extras = ms.make_sample(2, split, i)
+            assert rec["text"] != extras["orig_text"], (split, i)
+            assert img.shape != other_img.shape or not np.array_equal(img, other_img), (split, i)
+    with open(base / "synthetic_stats.json") as f:
+        on_disk = json.load(f)
+    assert "pretrain" not in on_disk and "pretrain" not in on_disk["generation"]["settings"]["splits"]
+
+
+def test_pretrain_regeneration_and_count_changes(tmp_path):
+    """Same --pretrain twice: folder reused byte for byte, caches kept. Another count (or none): refused with both
+    settings named; --overwrite removes the old generation, including pretrain.json and word_kinds.json."""
+    out = tmp_path / "syn"
+    base = ["--out", str(out), "--train", "3", "--val", "1", "--test", "1", "--seed", "4"]
+    ms.main(base + ["--pretrain", "5"])
+    first = (out / "metadata" / "pretrain.json").read_bytes()
+    images = {r["image"]: (out / r["image"]).read_bytes() for r in _load(out, "pretrain")}
+    (out / "faces.json").write_text("{}")
+    ms.main(base + ["--pretrain", "5"])
+    assert (out / "faces.json").exists() and (out / "metadata" / "pretrain.json").read_bytes() == first
+    assert all((out / p).read_bytes() == b for p, b in images.items())
+    for other in (["--pretrain", "6"], []):
+        with pytest.raises(SystemExit, match=r"other settings.*'pretrain': 5.*--overwrite"):
+            ms.main(base + other)
+    assert (out / "faces.json").exists() and (out / "metadata" / "pretrain.json").read_bytes() == first
+    ms.main(base + ["--overwrite"])
+    assert not (out / "faces.json").exists() and not (out / "metadata" / "pretrain.json").exists()
+    assert not any(p.startswith("DGM4/origin/") and (out / p).exists() for p in images)
+    # a pretrain.json that no recorded generation owns is removed, not left beside a --pretrain 0 benchmark
+    (out / "metadata" / "pretrain.json").write_bytes(first)
+    ms.main(base)
+    assert not (out / "metadata" / "pretrain.json").exists()
+    assert "word_kinds.json" in ms.OUTPUTS
+    with pytest.raises(SystemExit):
+        ms.parse_args(["--out", "x", "--pretrain", "-1"])
+
+
+def test_word_kinds_file(with_pretrain):
+    base, _, _ = with_pretrain
+    with open(base / "word_kinds.json") as f:
+        kinds = json.load(f)
+    assert kinds == ms.word_kinds()
+    assert set(kinds) == {"names", "attributes", "places", "source"}
+    for kind in ("names", "attributes", "places"):
+        assert kinds[kind] == sorted(set(kinds[kind])) and all(w and " " not in w for w in kinds[kind])
+    names, attrs, places = (set(kinds[k]) for k in ("names", "attributes", "places"))
+    assert {"lind", "varga", "kowalski", "brandt", "oneil", "anna", "berg", "bergs", "vargas", "oneils"} <= names
+    assert {"smiling", "serious", "purple", "pink", "blond", "red"} <= attrs
+    assert places == {"harbour", "forest", "city", "beach", "stadium", "studio"}
+    assert not names & attrs and not names & places and not attrs & places
+    assert "o'neil" not in names and "lind-varga" not in names and "berg's" not in names  # normalised forms only
+
+
+def test_word_kinds_classify_every_caption_word():
+    """Every normalised word of every template, rendered with every slot value, has the kind of its slot; filler
+    and template words (roles, events, dates, 'shirt', 'its', ...) have none."""
+    from datasets.text import align_words, normalize_caption
+
+    kinds = ms.word_kinds()
+    kind_of = {w: k for k in ("names", "attributes", "places") for w in kinds[k]}
+    slot_kind = lambda s: next((k for k, pat in ms.SLOT_KINDS if pat.fullmatch(s)), None)  # noqa: E731
+    rng = np.random.default_rng(0)
+    seen = {"names": set(), "attributes": set(), "places": set()}
+    for _, template in ms.TEMPLATES:
+        for trial in range(60):
+            names = rng.choice([c["name"] for c in ms.CAST], 2, replace=False)
+            slots = {"N0": names[0], "N1": names[1], "P": ms.PLACE_NAMES[trial % len(ms.PLACE_NAMES)],
+                     "Y": str(1995 + trial), "EV": ms.EVENTS[trial % len(ms.EVENTS)],
+                     "ROLE": ms.ROLES[trial % len(ms.ROLES)], "DATE": ms.DATES[trial % len(ms.DATES)]}
+            for j in range(2):
+                slots.update({f"E{j}": ms.EXPRESSIONS[rng.integers(5)], f"C{j}": ms.SHIRT_NAMES[rng.integers(8)],
+                              f"H{j}": ms.HAIR_NAMES[rng.integers(6)]})
+            text, owner = ms.render_caption(template, slots)
+            raw_slot = {i: s for s, idx in owner.items() for i in idx}
+            caption, spans, word_owner = align_words(text, None)
+            assert caption == normalize_caption(text, None)
+            for (a, b), o in zip(spans, word_owner):
+                word, want = caption[a:b], slot_kind(raw_slot[o]) if o in raw_slot else None
+                assert kind_of.get(word) == want, (template, text, word, want)
+                if want:
+                    seen[want].add(word)
+    assert seen["places"] == set(kinds["places"]) and len(seen["names"]) > 60 and len(seen["attributes"]) == 16
+
+
+def test_pretrain_pictured_names_and_place_are_classified(with_pretrain):
+    _, pre, _ = with_pretrain
+    from datasets.text import normalize_caption
+
+    with open(pre / "word_kinds.json") as f:
+        kinds = json.load(f)
+
+    for i in range(12):
+        rec, _, extras = ms.make_sample(2, "pretrain", i)
+        words = set(normalize_caption(rec["text"], None).split(" "))
+        for name in extras["pictured"]:
+            parts = normalize_caption(name, None).split(" ")
+            assert set(parts) <= set(kinds["names"]), name
+        named = words & set(kinds["names"])
+        assert named, rec["text"]  # every template names person 0
+        pictured = {w for n in extras["pictured"] for w in normalize_caption(n + "'s", None).split(" ")}
+        pictured |= {w for n in extras["pictured"] for w in normalize_caption(n, None).split(" ")}
+        assert named <= pictured, (rec["text"], extras["pictured"])  # pristine: only pictured people are named
+        assert words & set(kinds["places"]) == {extras["place"]}
+        assert words & set(kinds["attributes"]), rec["text"]  # every template holds an {E*} or {C*} slot

@@ -98,6 +98,12 @@ def save_checkpoint(path, **state):
     state = {k: _to_state(v) for k, v in state.items()}
     state.setdefault("rng", capture_rng_state())
     state.setdefault("git", git_revision())
+    return atomic_torch_save(state, path)
+
+
+def atomic_torch_save(state, path):
+    """``torch.save(state)`` to a temporary file beside ``path``, then rename: a crash never leaves a partial file.
+    ``state`` must hold only weights_only-safe values (checked before anything is written)."""
     _check_plain(state, "state")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)

@@ -101,6 +101,19 @@ DEFAULTS = {
         "batch_size": 64,
         "split": "test",
     },
+    # pretrain.py only (METER's objectives on pristine pairs; docs/implementation_notes.md "Pre-training").
+    # It trains with train.* (epochs, batch, lr, schedule, amp, output_dir) and exports
+    # <train.output_dir>/meter_pretrain.ckpt for pretrained.meter.
+    "pretrain": {
+        "files": ["metadata/pretrain.json"],  # relative to data.root; pristine records only
+        "val_size": 256,                      # the corpus's last records, held out for validation
+        "word_kinds": None,                   # JSON {names, attributes, places: [words]} for per-kind MLM accuracy
+        "mlm_prob": 0.15,                     # METER: 15% of the units, 80/10/10
+        "content_mlm_prob": None,             # if set: selection probability of content words (M_c) instead
+        "whole_word": True,                   # units are whole words (False: single tokens)
+        "itm_neg_prob": 0.5,                  # METER: half of the pairs get another image's caption
+        "val_seed": 1234,                     # fixed masks and pairs of the validation set
+    },
 }
 
 

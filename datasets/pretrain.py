@@ -1,0 +1,133 @@
+"""Pre-training data (pretrain.py): pristine image-caption pairs, METER's MLM masking and ITM pairing.
+
+The CIEC backbone starts from METER (CIEC paper section 3.2); METER pre-trains with masked language modelling
+conditioned on the image and image-text matching (METER section 3.3). This file prepares both from pairs that
+go through the same ``DGM4Dataset`` pipeline as fine-tuning (same transforms, tokenizer, caches):
+
+- ``PristinePairs(dataset, word_kinds)``: the pairs of a pre-training corpus. Every record must be ``orig``
+  (checked at construction: a manipulated record raises ``RecordError`` naming it); items carry only image,
+  input_ids, attention_mask, content_mask, word_index and word_kind (L,) (``KINDS`` index, -1 = not a word):
+  no manipulation label leaves this class.
+- ``mask_tokens(input_ids, attention_mask, word_index, content_mask, generator, ...)``: METER's rule (BERT's):
+  each unit is selected with probability ``mlm_prob`` (15%); a selected token becomes ``<mask>`` (80%), a random
+  ordinary token (10%) or stays (10%); labels are -100 elsewhere. Units are whole words (``whole_word``: every
+  sub-token of a selected word) or single tokens. ``content_prob``, if set, replaces ``mlm_prob`` for content
+  words (stop-word cache M_c), a choice of this codebase (docs/implementation_notes.md "Pre-training").
+- ``itm_pairs(input_ids, generator, neg_prob)``: image i keeps its caption or, with ``neg_prob`` (1/2), gets the
+  caption of another image of the batch; label 1 iff the caption paired with it is identical to its own.
+
+Masking and pairing draw from a ``torch.Generator`` seeded by (seed, global step, rank) in the training step, so
+they do not depend on loader workers and a resumed run draws the same masks.
+"""
+import hashlib
+import json
+import os
+
+import torch
+from torch.utils.data import Dataset
+
+from datasets.records import RecordError
+
+KINDS = ("names", "attributes", "places", "other")
+ITEM_KEYS = ("index", "image", "input_ids", "attention_mask", "content_mask", "word_index")
+
+
+def load_word_kinds(path):
+    """word -> kind index (``KINDS``) from a word-kinds JSON ({kind: [normalised words]}); None path -> {}."""
+    if path is None:
+        return {}
+    with open(path) as f:
+        data = json.load(f)
+    table = {}
+    for k, kind in enumerate(KINDS[:-1]):
+        for word in data.get(kind, []):
+            if word in table:
+                raise ValueError(f"{path}: word {word!r} is listed under two kinds")
+            table[word] = k
+    return table
+
+
+def corpus_fingerprint(root, records):
+    """sha256 over the records (without loader-added fields) and the bytes of their images: a pre-training run
+    continues only on the corpus it started on."""
+    h = hashlib.sha256()
+    for rec in records:
+        h.update(json.dumps({k: v for k, v in rec.items() if not k.startswith("_")}, sort_keys=True).encode())
+        with open(os.path.join(root, rec["image"]), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+class PristinePairs(Dataset):
+    """Label-free view of a ``DGM4Dataset`` (or ``SeededDataset`` around one) whose records are all pristine."""
+
+    def __init__(self, dataset, word_kinds=None, indices=None):
+        self.dataset, self.kinds = dataset, word_kinds or {}
+        self.indices = list(range(len(dataset))) if indices is None else list(indices)
+        for rec in dataset.records:
+            if rec["fake_cls"] != "orig":
+                raise RecordError(rec["id"], rec["_file"], f"pre-training uses pristine pairs only, but this "
+                                  f"record is {rec['fake_cls']!r}", "not_pristine")
+
+    def __len__(self):
+        return len(self.indices)
+
+    def set_epoch(self, epoch):
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, i):
+        sample = self.dataset[self.indices[i]]
+        item = {k: sample[k] for k in ITEM_KEYS}
+        item["index"] = torch.tensor(i, dtype=torch.long)
+        words = sample["caption"].split(" ")
+        item["word_kind"] = torch.tensor([-1 if j < 0 else self.kinds.get(words[j], len(KINDS) - 1)
+                                          for j in sample["word_index"].tolist()], dtype=torch.long)
+        return item
+
+
+def _select_units(word_index, attention_mask, unit_prob, whole_word, generator):
+    """(B,L) bool: tokens whose unit (word or token) was drawn, with per-unit probabilities ``unit_prob`` (B,L)."""
+    words = word_index >= 0
+    draw = torch.rand(word_index.shape, generator=generator) < unit_prob
+    if not whole_word:
+        return draw & words
+    # a word is selected iff the draw of its first token is; every token of the word follows it
+    b, n = word_index.shape
+    first = torch.full((b, n + 1), n, dtype=torch.long)
+    pos = torch.arange(n).expand(b, n)
+    slot = torch.where(words, word_index, torch.full_like(word_index, n))
+    first.scatter_reduce_(1, slot, pos, reduce="amin")
+    head = torch.gather(first, 1, slot.clamp(max=n))
+    return words & torch.gather(draw & words, 1, head.clamp(max=n - 1))
+
+
+def mask_tokens(input_ids, attention_mask, word_index, content_mask, generator, mask_id, vocab_range,
+                mlm_prob=0.15, content_prob=None, whole_word=True):
+    """METER/BERT masking; returns (mlm_ids (B,L), mlm_labels (B,L) with -100 off the selected tokens).
+
+    ``vocab_range`` (lo, hi): ordinary token ids for the 10% random replacements. All tensors on the CPU.
+    """
+    prob = torch.full(input_ids.shape, float(mlm_prob))
+    if content_prob is not None:
+        prob = torch.where(content_mask > 0, torch.full_like(prob, float(content_prob)), prob)
+    selected = _select_units(word_index, attention_mask, prob, whole_word, generator)
+    labels = torch.where(selected, input_ids, torch.full_like(input_ids, -100))
+    u = torch.rand(input_ids.shape, generator=generator)
+    random_ids = torch.randint(vocab_range[0], vocab_range[1], input_ids.shape, generator=generator)
+    ids = torch.where(selected & (u < 0.8), torch.full_like(input_ids, mask_id), input_ids)
+    ids = torch.where(selected & (u >= 0.8) & (u < 0.9), random_ids, ids)
+    return ids, labels
+
+
+def itm_pairs(input_ids, generator, neg_prob=0.5):
+    """(itm_text (B,) long, itm_label (B,) long): caption row paired with each image, and 1 = matched."""
+    b = input_ids.shape[0]
+    rows = torch.arange(b)
+    if b < 2:
+        return rows, torch.ones(b, dtype=torch.long)
+    negative = torch.rand(b, generator=generator) < neg_prob
+    other = (rows + torch.randint(1, b, (b,), generator=generator)) % b  # uniform over the other rows
+    text = torch.where(negative, other, rows)
+    same = (input_ids[text] == input_ids).all(dim=1)
+    return text, same.long()

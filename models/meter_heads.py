@@ -1,0 +1,94 @@
+"""METER's two pre-training heads and the pre-training model (the backbone of CIEC paper section 2.2 starts
+from METER, section 3.2; METER: Dou et al., CVPR 2022, section 3.3 "pre-training objectives").
+
+Attribute names are METER's, so ``models/meter_export.py`` writes ``mlm_score.*`` / ``itm_score.*`` verbatim:
+
+- ``MLMHead`` (``mlm_score``): ``transform.dense`` (D,D) -> erf GELU -> ``transform.LayerNorm`` (eps 1e-12) ->
+  ``decoder`` (V,D, no bias) + ``bias`` (V,). Input (M,D) text-stream features of the masked positions,
+  output (M,V) logits.
+- ``ITMHead`` (``itm_score``): ``fc`` Linear(2D, 2) on Concat(t_cls, v_cls) (METER's ``cls_feats``: text pooler
+  first). Inputs (B,D), (B,D); output (B,2) logits (class 1 = matched pair).
+
+``MeterPretrainer(backbone, vocab_size)`` runs METER's two objectives in one forward:
+
+    batch: image (B,3,S,S); mlm_ids, input_ids, attention_mask (B,L); mlm_labels (B,L) (-100 off masked
+           tokens); itm_text (B,) long: the batch row whose caption is paired with image i for ITM
+    V = ViT(image) once; T = RoBERTa([mlm_ids; input_ids]) in one call of 2B rows
+    CFA on 2B pairs: (V_i, masked caption_i) for MLM and (V_i, caption_itm_text[i]) for ITM
+    -> {"mlm_logits": (M,V) at the M masked positions, "mlm_labels": (M,), "itm_logits": (B,2)}
+
+The two losses are in ``losses/meter.py``.
+
+The MLM stream is the CFA text stream T-hat (what VCTG reads), conditioned on the true image; the ITM logits
+read the two poolers (what the eq. 1 head reads). ``mlm_logits`` runs MLM alone, for validation with the true
+or a swapped picture.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.cfa import LN_EPS, init_meter_weights
+
+
+class PredictionTransform(nn.Module):
+    """BERT ``PredictionHeadTransform``: LayerNorm(GELU(dense(x)))."""
+
+    def __init__(self, hidden_size):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=LN_EPS)
+
+    def forward(self, x):
+        return self.LayerNorm(F.gelu(self.dense(x)))
+
+
+class MLMHead(nn.Module):
+    def __init__(self, hidden_size, vocab_size):
+        super().__init__()
+        self.transform = PredictionTransform(hidden_size)
+        self.decoder = nn.Linear(hidden_size, vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, x):
+        return self.decoder(self.transform(x)) + self.bias
+
+
+class ITMHead(nn.Module):
+    def __init__(self, hidden_size):
+        super().__init__()
+        self.fc = nn.Linear(2 * hidden_size, 2)
+
+    def forward(self, t_cls, v_cls):
+        return self.fc(torch.cat([t_cls, v_cls], dim=-1))
+
+
+class MeterPretrainer(nn.Module):
+    """CIEC backbone (ViT + RoBERTa + CFA) with METER's ``mlm_score`` and ``itm_score``; see the module doc."""
+
+    def __init__(self, backbone, vocab_size):
+        super().__init__()
+        hidden = backbone.cfa.token_type_embeddings.embedding_dim
+        self.backbone = backbone
+        self.mlm_score = MLMHead(hidden, vocab_size)
+        self.itm_score = ITMHead(hidden)
+        self.mlm_score.apply(init_meter_weights)
+        self.itm_score.apply(init_meter_weights)
+
+    def forward(self, batch):
+        image_feats = self.backbone.encode_image(batch["image"])
+        b = image_feats.shape[0]
+        mask = batch["attention_mask"]
+        text = self.backbone.encode_text(torch.cat([batch["mlm_ids"], batch["input_ids"]]), torch.cat([mask, mask]))
+        itm_text = batch["itm_text"]
+        fused = self.backbone.cfa(torch.cat([image_feats, image_feats]), torch.cat([text[:b], text[b:][itm_text]]),
+                                  text_mask=torch.cat([mask, mask[itm_text]]))
+        masked = batch["mlm_labels"] != -100
+        return {"mlm_logits": self.mlm_score(fused["t_hat"][:b][masked]).float(),
+                "mlm_labels": batch["mlm_labels"][masked],
+                "itm_logits": self.itm_score(fused["t_cls"][b:], fused["v_cls"][b:]).float()}
+
+    def mlm_logits(self, image, mlm_ids, attention_mask, mlm_labels):
+        """MLM only (validation): (M,V) logits at the masked positions of ``mlm_labels``, image rows as given."""
+        feats = self.backbone(image, mlm_ids, attention_mask)
+        return self.mlm_score(feats["t_hat"][mlm_labels != -100]).float()
+

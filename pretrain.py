@@ -1,0 +1,249 @@
+"""Pre-train the CIEC backbone (ViT + RoBERTa + CFA) with METER's objectives on pristine pairs, and export the
+result as a METER checkpoint that ``pretrained.meter`` loads (CIEC paper section 3.2 starts from METER).
+
+    python pretrain.py --config configs/demo_pretrain.yaml                 # CPU demo
+    torchrun --nproc_per_node=8 pretrain.py --config CFG                   # same code, 8 processes
+
+Objectives (``models/meter_heads.py``, ``losses/meter.py``): masked language modelling on the CFA text stream
+conditioned on the true image, and image-text matching on the two poolers with half of the pairs given the caption
+of another image of the batch (``datasets/pretrain.py``). Data: ``pretrain.files`` (pristine records only, through
+the same ``DGM4Dataset`` pipeline as fine-tuning); the last ``pretrain.val_size`` records are held out. No
+manipulation label is read. Every epoch prints validation MLM accuracy per word kind with the true image and with
+the image of another pair (the gap is what grounding adds) and ITM accuracy.
+
+Same machinery as train.py: config (``train.*`` for the schedule and output), torch.distributed, per-step lr,
+checkpoints with exact resume from ``<output_dir>/last.pth``. A ``last.pth`` written under another config or for
+another corpus (fingerprint of the metadata and image bytes) is refused, or with ``--restart-if-stale`` deleted
+and trained again. At the end ``<output_dir>/meter_pretrain.ckpt`` is written (``models/meter_export.py``); a
+finished run with its export in place is reused as it is.
+"""
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from datasets.dgm4 import build_dataset, collate
+from datasets.pretrain import KINDS, PristinePairs, corpus_fingerprint, itm_pairs, load_word_kinds, mask_tokens
+from datasets.sampler import BlockDistributedSampler, eval_sampler
+from datasets.seeding import SeededDataset
+from datasets.text import ordinary_token_range, tokenizer_for
+from losses.meter import meter_losses
+from models.backbone import build_backbone
+from models.meter_export import save_meter_checkpoint
+from models.meter_heads import MeterPretrainer
+from models.pretrained import format_report, load_pretrained
+from utils import dist
+from utils.checkpoint import find_resume
+from utils.config import load_config, save_config
+from utils.logger import JsonlWriter, TensorBoardWriter
+from utils.loop import resume_state, save_state, stale_reasons, train_one_epoch, unwrap
+from utils.training import amp_context, build_optimizer, seed_everything, to_device
+
+EXPORT_NAME = "meter_pretrain.ckpt"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/demo_pretrain.yaml")
+    parser.add_argument("--opts", nargs="*", default=[], help="overrides such as train.lr=5e-4")
+    parser.add_argument("--restart-if-stale", action="store_true",
+                        help="delete a last.pth written under another config or corpus instead of refusing it")
+    return parser.parse_args(argv)
+
+
+def build_corpus(cfg, world, rank):
+    """(train loader, val loader, corpus fingerprint) of the pristine pre-training corpus."""
+    p, tcfg, data = cfg["pretrain"], cfg["train"], cfg["data"]
+    kinds_path = p["word_kinds"] and os.path.join(data["root"], p["word_kinds"])
+    kinds = load_word_kinds(kinds_path)
+    full = build_dataset(cfg, "train", files=p["files"])
+    n, n_val = len(full), p["val_size"]
+    if not 0 < n_val < n:
+        raise ValueError(f"pretrain.val_size {n_val} must be in (0, {n}): the corpus {p['files']} has {n} records")
+    train_set = PristinePairs(SeededDataset(full, seed=tcfg["seed"]), kinds, range(n - n_val))
+    val_set = PristinePairs(build_dataset(cfg, "val", files=p["files"]), kinds, range(n - n_val, n))
+    sampler = BlockDistributedSampler(train_set, world, rank, tcfg["batch_size"], tcfg["accum_steps"],
+                                      shuffle=True, seed=tcfg["seed"])
+    common = {"num_workers": data["num_workers"], "collate_fn": collate, "pin_memory": torch.cuda.is_available()}
+    train_loader = DataLoader(train_set, batch_size=tcfg["batch_size"], sampler=sampler, drop_last=True,
+                              generator=torch.Generator().manual_seed(tcfg["seed"]), **common)
+    val_loader = DataLoader(val_set, batch_size=cfg["eval"]["batch_size"], generator=torch.Generator(),
+                            sampler=eval_sampler(val_set, world, rank), **common)
+    return train_loader, val_loader, corpus_fingerprint(data["root"], full.records)
+
+
+def meter_step(cfg, tokenizer, device, rank):
+    """The training step's losses: mask and pair on the CPU (generator of (seed, global step, micro-batch, rank)),
+    then METER's two losses on the device."""
+    p, seed = cfg["pretrain"], cfg["train"]["seed"]
+    vocab_range = ordinary_token_range(tokenizer)
+
+    def compute(model, batch, state, micro):
+        g = torch.Generator().manual_seed((seed * 1_000_003 + state["global_step"] * 1009 + micro) * 64 + rank)
+        batch = prepare_batch(batch, g, tokenizer.mask_token_id, vocab_range, p)
+        batch = to_device(batch, device)
+        return meter_losses(model(batch), batch)
+    return compute
+
+
+def prepare_batch(batch, generator, mask_id, vocab_range, p):
+    """Add mlm_ids / mlm_labels (METER masking) and itm_text / itm_label (ITM pairing) to a CPU batch."""
+    mlm_ids, mlm_labels = mask_tokens(batch["input_ids"], batch["attention_mask"], batch["word_index"],
+                                      batch["content_mask"], generator, mask_id, vocab_range, p["mlm_prob"],
+                                      p["content_mlm_prob"], p["whole_word"])
+    itm_text, itm_label = itm_pairs(batch["input_ids"], generator, p["itm_neg_prob"])
+    return dict(batch, mlm_ids=mlm_ids, mlm_labels=mlm_labels, itm_text=itm_text, itm_label=itm_label)
+
+
+def clear_if_stale(out, cfg, identity, restart):
+    """With ``restart``: delete ``last.pth`` (and the export) when written under another config or corpus."""
+    path = find_resume(str(out))
+    if not restart or path is None or not dist.is_main():
+        dist.barrier()
+        return
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    reasons = stale_reasons(saved, cfg, identity)
+    if reasons:
+        print(f"{path} was pre-trained under other settings ({', '.join(sorted(reasons))}); starting over")
+        for name in ("last.pth", EXPORT_NAME):
+            if os.path.exists(out / name):
+                os.remove(out / name)
+    dist.barrier()
+
+
+def build_pretrainer(cfg, tokenizer, device):
+    model = MeterPretrainer(build_backbone(cfg, pad_token_id=tokenizer.pad_token_id), cfg["model"]["text"]["vocab_size"])
+    if any(cfg["pretrained"][k] for k in ("meter", "openai_clip", "roberta")):
+        report = load_pretrained(model.backbone, cfg["pretrained"])
+        if dist.is_main():
+            print(format_report(report))
+    return model.to(device)
+
+
+def main(cfg, restart_if_stale=False):
+    rank, world, _, device = dist.init_distributed(cfg["train"]["device"])
+    tcfg = cfg["train"]
+    out = Path(tcfg["output_dir"])
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    seed_everything(tcfg["seed"] + rank, tcfg["deterministic"])
+    tokenizer = tokenizer_for(cfg)
+    train_loader, val_loader, fingerprint = build_corpus(cfg, world, rank)
+    identity = {"corpus_sha256": fingerprint}
+    clear_if_stale(out, cfg, identity, restart_if_stale)
+    model = build_pretrainer(cfg, tokenizer, device)
+    optimizer = build_optimizer(model, tcfg["lr"], tcfg["weight_decay"])
+    scaler = torch.amp.GradScaler(device.type, enabled=tcfg["amp"] == "fp16")
+    state = resume_state(out, model, optimizer, scaler, cfg, identity)
+    if state["epoch"] >= tcfg["epochs"] and (out / EXPORT_NAME).exists():
+        print(f"pre-training already finished ({state['global_step']} steps): reusing {out / EXPORT_NAME}")
+        return dist.cleanup()
+    if dist.is_main():
+        save_config(cfg, str(out / "config.yaml"))
+        print(f"rank {rank}/{world} on {device}; {len(train_loader.dataset)} training pairs, "
+              f"{len(val_loader.dataset)} held out; output {out}", flush=True)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+    ctx = {"device": device, "out": out, "identity": identity,
+           "total_steps": tcfg["epochs"] * train_loader.sampler.steps_per_epoch,
+           "jsonl": JsonlWriter(str(out / "log.jsonl"), enabled=dist.is_main()),
+           "tb": TensorBoardWriter(str(out / "tb"), enabled=dist.is_main())}
+    ctx["tokenizer"] = tokenizer
+    run_epochs(ddp, train_loader, val_loader, optimizer, scaler, cfg, state, ctx, meter_step(cfg, tokenizer, device, rank))
+    metrics = evaluate_pretrain(unwrap(ddp), val_loader, device, cfg, tokenizer)
+    if dist.is_main():
+        save_meter_checkpoint(str(out / EXPORT_NAME), unwrap(ddp), config=cfg, global_step=state["global_step"],
+                              epoch=state["epoch"], val=metrics, corpus_sha256=fingerprint)
+        print(f"exported {out / EXPORT_NAME} (METER format; pretrained.meter loads it)", flush=True)
+    ctx["tb"].close()
+    dist.cleanup()
+
+
+def run_epochs(model, train_loader, val_loader, optimizer, scaler, cfg, state, ctx, compute):
+    tcfg = cfg["train"]
+    sampler = train_loader.sampler
+    while state["epoch"] < tcfg["epochs"]:
+        t0 = time.time()
+        sampler.set_epoch(state["epoch"])
+        sampler.set_start(state["step_in_epoch"])
+        train_loader.dataset.set_epoch(state["epoch"])
+        stats = train_one_epoch(model, compute, train_loader, optimizer, scaler, cfg, state, ctx)
+        metrics = evaluate_pretrain(unwrap(model), val_loader, ctx["device"], cfg, ctx["tokenizer"])
+        state["epoch"] += 1
+        state["step_in_epoch"] = 0
+        state["best_metric"] = max(state["best_metric"], metrics["mlm_acc"])
+        save_state(ctx["out"] / "last.pth", model, optimizer, scaler, cfg, state, ctx["identity"])
+        if dist.is_main():
+            seconds = time.time() - t0
+            ctx["jsonl"].write({"epoch": state["epoch"], "global_step": state["global_step"],
+                                "seconds": round(seconds, 1), **{f"train/{k}": v for k, v in stats.items()},
+                                **{f"val/{k}": v for k, v in metrics.items()}})
+            ctx["tb"].add_scalars({f"val/{k}": v for k, v in metrics.items()}, state["global_step"])
+            print(f"epoch {state['epoch']}/{tcfg['epochs']} ({seconds:.0f}s, step {state['global_step']}): "
+                  f"loss {stats['loss']:.4f} (mlm {stats['mlm']:.4f}, itm {stats['itm']:.4f}); "
+                  + format_pretrain_metrics(metrics), flush=True)
+
+
+
+@torch.no_grad()
+def evaluate_pretrain(model, loader, device, cfg, tokenizer):
+    """Held-out pairs with fixed masks and ITM pairs (``pretrain.val_seed``): MLM accuracy per word kind with the
+    true image and with the image of another pair of the batch (``_swapped``), ITM accuracy, both losses (%)."""
+    model.eval()
+    p = cfg["pretrain"]
+    g = torch.Generator().manual_seed(p["val_seed"])
+    vocab_range, n_kinds = ordinary_token_range(tokenizer), len(KINDS)
+    counts = torch.zeros(3, n_kinds + 1, dtype=torch.float64)   # correct (true image), correct (swapped), total
+    sums = torch.zeros(4, dtype=torch.float64)                  # itm correct, pairs, mlm loss x n, itm loss x n
+    for batch in loader:
+        batch = to_device(prepare_batch(batch, g, tokenizer.mask_token_id, vocab_range, p), device)
+        with amp_context(device, cfg["train"]["amp"]):
+            out = model(batch)
+            swapped = model.mlm_logits(batch["image"].roll(1, 0), batch["mlm_ids"], batch["attention_mask"],
+                                       batch["mlm_labels"])
+        losses = meter_losses(out, batch)
+        kind = batch["word_kind"][batch["mlm_labels"] != -100].clamp(min=0).cpu()
+        for row, logits in enumerate((out["mlm_logits"], swapped)):
+            hit = (logits.argmax(-1) == out["mlm_labels"]).double().cpu()
+            counts[row, :n_kinds] += torch.zeros(n_kinds, dtype=torch.float64).index_add_(0, kind, hit)
+            counts[row, n_kinds] += hit.sum()
+        counts[2, :n_kinds] += torch.bincount(kind, minlength=n_kinds).double()
+        counts[2, n_kinds] += kind.numel()
+        b = batch["itm_label"].numel()
+        sums += torch.tensor([(out["itm_logits"].argmax(-1) == batch["itm_label"]).sum().item(), b,
+                              losses["mlm"].item() * b, losses["itm"].item() * b], dtype=torch.float64)
+    if dist.is_dist():
+        stacked = torch.cat([counts.flatten(), sums]).to(device)
+        torch.distributed.all_reduce(stacked)
+        counts, sums = stacked[:counts.numel()].view_as(counts).cpu(), stacked[counts.numel():].cpu()
+    return pretrain_metrics(counts, sums)
+
+
+def pretrain_metrics(counts, sums):
+    """Flat dict of percentages and losses from ``evaluate_pretrain``'s counters."""
+    def pct(a, n):
+        return round(100.0 * float(a) / float(n), 2) if n > 0 else None
+    metrics = {"mlm_acc": pct(counts[0, -1], counts[2, -1]), "mlm_acc_swapped": pct(counts[1, -1], counts[2, -1]),
+               "itm_acc": pct(sums[0], sums[1]), "mlm_loss": float(sums[2] / max(sums[1], 1)),
+               "itm_loss": float(sums[3] / max(sums[1], 1))}
+    for k, kind in enumerate(KINDS):
+        metrics[f"mlm_acc/{kind}"] = pct(counts[0, k], counts[2, k])
+        metrics[f"mlm_acc_swapped/{kind}"] = pct(counts[1, k], counts[2, k])
+        metrics[f"masked/{kind}"] = int(counts[2, k])
+    return metrics
+
+
+def format_pretrain_metrics(m):
+    kinds = ", ".join(f"{kind} {m[f'mlm_acc/{kind}']}/{m[f'mlm_acc_swapped/{kind}']}" for kind in KINDS
+                      if m[f"masked/{kind}"])
+    return (f"val MLM acc {m['mlm_acc']}% (true/swapped image: {kinds}); ITM acc {m['itm_acc']}%, "
+            f"losses mlm {m['mlm_loss']:.3f} itm {m['itm_loss']:.3f}")
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    main(load_config(args.config, args.opts), args.restart_if_stale)

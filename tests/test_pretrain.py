@@ -1,0 +1,192 @@
+"""METER-style pre-training (pretrain.py): masking and ITM pairing rules, pristine-only data, the METER-format export
+loaded back through models/pretrained.py to 1e-6, and pretrain.py end to end (export, reuse, stale refusal, restart).
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from datasets.dgm4 import DGM4Dataset
+from datasets.pretrain import PristinePairs, itm_pairs, load_word_kinds, mask_tokens
+from datasets.records import RecordError
+from losses.meter import meter_losses
+from models.backbone import Backbone
+from models.meter_export import meter_state_dict, save_meter_checkpoint, timm_to_clip_name
+from models.meter_heads import MeterPretrainer
+from models.pretrained import clip_visual_name, load_pretrained
+from tests.conftest import ROOT, run_script, tiny_opts
+from tests.test_backbone import TINY_CFA, TINY_HIDDEN, TINY_TEXT, TINY_VIT, randomize_, tiny_batch
+
+
+def _words_batch(b=64, length=30, n_words=20, seed=0):
+    """ids (B,L) with <s> w w w ... </s> pad; words of 1-2 tokens; word_index per token; half content words."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.ones(b, length, dtype=torch.long)
+    word_index = torch.full((b, length), -1)
+    for r in range(b):
+        pos, w = 1, 0
+        while w < n_words and pos < length - 2:
+            width = int(torch.randint(1, 3, (1,), generator=g))
+            for _ in range(width):
+                if pos < length - 2:
+                    ids[r, pos], word_index[r, pos] = int(torch.randint(5, 100, (1,), generator=g)), w
+                    pos += 1
+            w += 1
+        ids[r, 0], ids[r, pos] = 0, 2
+    mask = (ids != 1).long()
+    content = ((word_index % 2 == 0) & (word_index >= 0)).float()
+    return ids, mask, word_index, content
+
+
+def test_mask_tokens_meter_rule_whole_words():
+    ids, mask, word_index, content = _words_batch()
+    g = torch.Generator().manual_seed(1)
+    mlm_ids, labels = mask_tokens(ids, mask, word_index, content, g, mask_id=4, vocab_range=(5, 100))
+    selected = labels != -100
+    assert torch.equal(labels[selected], ids[selected])
+    assert not selected[word_index < 0].any()  # never <s>, </s>, padding
+    for r in range(ids.shape[0]):  # whole words: every token of a word shares its fate
+        for w in word_index[r].unique().tolist():
+            if w >= 0:
+                assert selected[r][word_index[r] == w].unique().numel() == 1
+    n_words = sum(len(set(word_index[r][word_index[r] >= 0].tolist())) for r in range(ids.shape[0]))
+    n_sel_words = sum(len(set(word_index[r][selected[r]].tolist())) for r in range(ids.shape[0]))
+    assert 0.11 < n_sel_words / n_words < 0.19
+    masked = (mlm_ids == 4) & selected
+    kept = (mlm_ids == ids) & selected
+    assert 0.72 < masked.sum() / selected.sum() < 0.88
+    assert 0.04 < kept.sum() / selected.sum() < 0.17          # 10% unchanged (+ random draws equal to the token)
+    assert ((mlm_ids != ids) & ~selected).sum() == 0
+    random = selected & ~masked & ~kept
+    assert ((mlm_ids[random] >= 5) & (mlm_ids[random] < 100)).all()
+
+
+def test_mask_tokens_content_probability_and_token_units():
+    ids, mask, word_index, content = _words_batch(seed=3)
+    g = torch.Generator().manual_seed(2)
+    _, labels = mask_tokens(ids, mask, word_index, content, g, 4, (5, 100), mlm_prob=0.0, content_prob=0.5)
+    selected = labels != -100
+    assert not selected[content == 0].any()
+    rate = selected[content > 0].float().mean()
+    assert 0.4 < rate < 0.6
+    _, labels = mask_tokens(ids, mask, word_index, content, g, 4, (5, 100), mlm_prob=0.5, whole_word=False)
+    split = [(labels[r][word_index[r] == w] != -100).unique().numel() for r in range(64)
+             for w in word_index[r].unique().tolist() if w >= 0 and (word_index[r] == w).sum() > 1]
+    assert max(split) == 2  # single-token units: some multi-token word is partly selected
+
+
+def test_itm_pairs_negatives_are_other_captions():
+    ids = torch.arange(64 * 5).view(64, 5)
+    text, label = itm_pairs(ids, torch.Generator().manual_seed(0))
+    assert torch.equal(label == 1, text == torch.arange(64))
+    assert 0.35 < (label == 0).float().mean() < 0.65
+    same = ids.clone()
+    same[1] = same[0]
+    text, label = itm_pairs(same, torch.Generator().manual_seed(0), neg_prob=1.0)
+    assert (text != torch.arange(64)).all()
+    for i in (0, 1):  # an identical caption of another image is a match, not a negative
+        assert label[i] == int(torch.equal(same[text[i]], same[i]))
+
+
+def _pretrainer(seed=0):
+    torch.manual_seed(seed)
+    backbone = Backbone(64, dict(TINY_VIT), dict(TINY_TEXT), dict(TINY_CFA), TINY_HIDDEN)
+    return randomize_(MeterPretrainer(backbone, TINY_TEXT["vocab_size"]))
+
+
+def _meter_batch(seed=1):
+    image, ids, mask = tiny_batch(batch=4, seed=seed)
+    word_index = torch.where(mask.bool(), torch.arange(ids.shape[1]) - 1, torch.full_like(ids, -1))
+    word_index[:, 0] = -1
+    g = torch.Generator().manual_seed(seed)
+    mlm_ids, labels = mask_tokens(ids, mask, word_index, mask.float(), g, 4, (5, 60), mlm_prob=0.4)
+    text, label = itm_pairs(ids, g)
+    return {"image": image, "input_ids": ids, "attention_mask": mask, "mlm_ids": mlm_ids, "mlm_labels": labels,
+            "itm_text": text, "itm_label": label}
+
+
+def test_export_loads_back_exactly(tmp_path):
+    model = _pretrainer().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = _meter_batch()
+    for _ in range(3):  # a few real steps: the exported weights are trained ones
+        loss = meter_losses(model(batch), batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    path = str(tmp_path / "meter.ckpt")
+    save_meter_checkpoint(path, model, note="test")
+    sd = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    assert {k.split(".")[0] for k in sd} == {"vit_model", "text_transformer", "cross_modal_text_transform",
+                                            "cross_modal_image_transform", "token_type_embeddings",
+                                            "cross_modal_text_layers", "cross_modal_image_layers",
+                                            "cross_modal_text_pooler", "cross_modal_image_pooler",
+                                            "mlm_score", "itm_score"}
+    assert sd["vit_model.visual.class_embedding"].shape == (TINY_VIT["embed_dim"],)
+    assert sd["vit_model.visual.positional_embedding"].shape == (1 + 16, TINY_VIT["embed_dim"])
+    torch.manual_seed(99)
+    fresh = Backbone(64, dict(TINY_VIT), dict(TINY_TEXT), dict(TINY_CFA), TINY_HIDDEN)
+    report = load_pretrained(fresh, {"meter": path, "openai_clip": None, "roberta": None,
+                                     "pos_embed_source": "meter"})
+    assert report["random_init"] == []
+    assert report["meter"]["left_over"] == {"itm_score": 2, "mlm_score": 6}
+    assert report["meter"]["unpickle_path"] == "weights_only"
+    model.eval()
+    fresh.eval()
+    image, ids, mask = tiny_batch()
+    with torch.no_grad():
+        want, got = model.backbone(image, ids, mask), fresh(image, ids, mask)
+    for key in ("v_raw", "t_raw", "v_hat", "t_hat", "v_cls", "t_cls"):
+        assert torch.allclose(want[key], got[key], atol=1e-6, rtol=0), key
+
+
+def test_export_names_are_meters():
+    names = meter_state_dict(_pretrainer())
+    for key in names:
+        if key.startswith("vit_model.visual."):
+            assert clip_visual_name(key[len("vit_model.visual."):]) is not None, key
+    with pytest.raises(KeyError):
+        timm_to_clip_name("head.weight")
+
+
+def test_pristine_pairs_refuse_manipulated_records(tiny_benchmark):
+    b = tiny_benchmark
+    root = b["root"]
+    ds = DGM4Dataset(root, ["metadata/train.json"], b["tokenizer"], os.path.join(root, b["faces"]),
+                     os.path.join(root, b["stopwords"]), image_size=64, max_len=40)
+    with pytest.raises(RecordError, match="pristine pairs only"):
+        PristinePairs(ds)
+    pre = DGM4Dataset(root, ["metadata/pretrain.json"], b["tokenizer"], os.path.join(root, b["faces"]),
+                      os.path.join(root, b["stopwords"]), image_size=64, max_len=40)
+    pairs = PristinePairs(pre, load_word_kinds(os.path.join(root, "word_kinds.json")), indices=[3, 5])
+    item = pairs[1]
+    assert set(item) == {"index", "image", "input_ids", "attention_mask", "content_mask", "word_index", "word_kind"}
+    assert int(item["index"]) == 1
+    assert (item["word_kind"] >= 0).sum() == (item["word_index"] >= 0).sum()
+    assert (item["word_kind"][item["word_index"] >= 0] == 0).any()  # every caption names a person
+
+
+def _pretrain(bench, out, *extra):
+    opts = tiny_opts(bench, out, **{"pretrain.val_size": 16, "pretrain.word_kinds": "word_kinds.json",
+                                    "train.batch_size": 8, "train.epochs": 1})
+    return ["pretrain.py", "--config", "configs/debug.yaml", "--opts", *opts, *extra]
+
+
+def test_pretrain_script_exports_reuses_and_refuses(tiny_benchmark, tmp_path):
+    out = str(tmp_path / "pt")
+    proc = run_script(*_pretrain(tiny_benchmark, out))
+    assert "val MLM acc" in proc.stdout and "names" in proc.stdout and "ITM acc" in proc.stdout
+    ckpt = os.path.join(out, "meter_pretrain.ckpt")
+    report = run_script("-m", "models.pretrained", "--config", "configs/debug.yaml", "--opts",
+                        f"pretrained.meter={ckpt}", f"data.tokenizer={tiny_benchmark['tokenizer']}")
+    assert "random init (not covered by any source): none" in report.stdout
+    assert "left over mlm_score: 6 keys" in report.stdout
+    again = run_script(*_pretrain(tiny_benchmark, out))
+    assert "reusing" in again.stdout
+    other = subprocess.run([sys.executable, *_pretrain(tiny_benchmark, out), "pretrain.mlm_prob=0.3"], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert other.returncode != 0 and "pretrain.mlm_prob: checkpoint 0.15, now 0.3" in other.stderr
+    restart = run_script(*_pretrain(tiny_benchmark, out), "pretrain.mlm_prob=0.3", "--restart-if-stale")
+    assert "starting over" in restart.stdout and "exported" in restart.stdout
