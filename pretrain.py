@@ -12,8 +12,8 @@ manipulation label is read. Every epoch prints validation MLM accuracy per word 
 the image of another pair (the gap is what grounding adds) and ITM accuracy.
 
 Same machinery as train.py: config (``train.*`` for the schedule and output), torch.distributed, per-step lr,
-checkpoints with exact resume from ``<output_dir>/last.pth``. A ``last.pth`` written under another config or for
-another corpus (fingerprint of the metadata and image bytes) is refused, or with ``--restart-if-stale`` deleted
+checkpoints with exact resume from ``<output_dir>/last.pth``. A ``last.pth`` written under another config, for
+another corpus (fingerprint of the metadata and image bytes) or another tokenizer is refused, or with ``--restart-if-stale`` deleted
 and trained again. At the end ``<output_dir>/meter_pretrain.ckpt`` is written (``models/meter_export.py``); a
 finished run with its export in place is reused as it is.
 """
@@ -37,10 +37,9 @@ from models.meter_export import save_meter_checkpoint
 from models.meter_heads import MeterPretrainer
 from models.pretrained import format_report, load_pretrained
 from utils import dist
-from utils.checkpoint import find_resume
 from utils.config import load_config, save_config
 from utils.logger import JsonlWriter, TensorBoardWriter
-from utils.loop import resume_state, save_state, stale_reasons, train_one_epoch, unwrap
+from utils.loop import clear_if_stale, file_sha256, resume_state, save_state, train_one_epoch, unwrap
 from utils.training import amp_context, build_optimizer, seed_everything, to_device
 
 EXPORT_NAME = "meter_pretrain.ckpt"
@@ -99,22 +98,6 @@ def prepare_batch(batch, generator, mask_id, vocab_range, p):
     return dict(batch, mlm_ids=mlm_ids, mlm_labels=mlm_labels, itm_text=itm_text, itm_label=itm_label)
 
 
-def clear_if_stale(out, cfg, identity, restart):
-    """With ``restart``: delete ``last.pth`` (and the export) when written under another config or corpus."""
-    path = find_resume(str(out))
-    if not restart or path is None or not dist.is_main():
-        dist.barrier()
-        return
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    reasons = stale_reasons(saved, cfg, identity)
-    if reasons:
-        print(f"{path} was pre-trained under other settings ({', '.join(sorted(reasons))}); starting over")
-        for name in ("last.pth", EXPORT_NAME):
-            if os.path.exists(out / name):
-                os.remove(out / name)
-    dist.barrier()
-
-
 def build_pretrainer(cfg, tokenizer, device):
     model = MeterPretrainer(build_backbone(cfg, pad_token_id=tokenizer.pad_token_id), cfg["model"]["text"]["vocab_size"])
     if any(cfg["pretrained"][k] for k in ("meter", "openai_clip", "roberta")):
@@ -133,8 +116,8 @@ def main(cfg, restart_if_stale=False):
     seed_everything(tcfg["seed"] + rank, tcfg["deterministic"])
     tokenizer = tokenizer_for(cfg)
     train_loader, val_loader, fingerprint = build_corpus(cfg, world, rank)
-    identity = {"corpus_sha256": fingerprint}
-    clear_if_stale(out, cfg, identity, restart_if_stale)
+    identity = {"corpus_sha256": fingerprint, "tokenizer_sha256": file_sha256(cfg["data"]["tokenizer"])}
+    clear_if_stale(out, cfg, identity, restart_if_stale, extra_files=(EXPORT_NAME,))
     model = build_pretrainer(cfg, tokenizer, device)
     optimizer = build_optimizer(model, tcfg["lr"], tcfg["weight_decay"])
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg["amp"] == "fp16")

@@ -25,12 +25,12 @@ from datasets.seeding import SeededDataset
 from datasets.text import tokenizer_for
 from losses import build_criterion
 from models import build_model
-from models.pretrained import load_pretrained
+from models.pretrained import format_report, load_pretrained
 from utils import dist
 from utils.config import load_config, save_config
 from utils.evaluator import evaluate, flatten_metrics
 from utils.logger import JsonlWriter, TensorBoardWriter
-from utils.loop import resume_state, save_state, train_one_epoch, unwrap
+from utils.loop import clear_if_stale, file_sha256, resume_state, save_state, train_one_epoch, unwrap
 from utils.training import build_optimizer, seed_everything, to_device
 
 
@@ -38,6 +38,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/ciec.yaml")
     parser.add_argument("--opts", nargs="*", default=[], help="overrides such as train.lr=2e-5")
+    parser.add_argument("--restart-if-stale", action="store_true",
+                        help="delete a last.pth trained under another config or pretrained checkpoint instead of "
+                             "refusing it")
     return parser.parse_args(argv)
 
 
@@ -66,7 +69,7 @@ def weak_losses(criterion, device):
     return compute
 
 
-def main(cfg):
+def main(cfg, restart_if_stale=False):
     rank, world, _, device = dist.init_distributed(cfg["train"]["device"])
     tcfg = cfg["train"]
     out = Path(tcfg["output_dir"])
@@ -79,12 +82,17 @@ def main(cfg):
     train_loader, val_loader = build_loaders(cfg, world, rank)
     model = build_model(cfg, pad_token_id=tokenizer.pad_token_id)
     if any(cfg["pretrained"][k] for k in ("meter", "openai_clip", "roberta")):
-        load_pretrained(model.backbone, cfg["pretrained"])
+        report = load_pretrained(model.backbone, cfg["pretrained"])
+        if dist.is_main():
+            print(format_report(report), flush=True)
     model.to(device)
+    # the run is tied to the bytes of its starting point, not only to the path in the config
+    identity = {"pretrained_meter_sha256": file_sha256(cfg["pretrained"]["meter"])}
+    clear_if_stale(out, cfg, identity, restart_if_stale)
     criterion = build_criterion(cfg)
     optimizer = build_optimizer(model, tcfg["lr"], tcfg["weight_decay"])
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg["amp"] == "fp16")
-    state = resume_state(out, model, optimizer, scaler, cfg)  # refuses a last.pth trained under another config
+    state = resume_state(out, model, optimizer, scaler, cfg, identity)  # refuses a last.pth trained under another config
     if dist.is_main():
         save_config(cfg, str(out / "config.yaml"))
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -92,7 +100,7 @@ def main(cfg):
 
     sampler = train_loader.sampler
     total_steps = tcfg["epochs"] * sampler.steps_per_epoch
-    ctx = {"device": device, "out": out, "total_steps": total_steps,
+    ctx = {"device": device, "out": out, "total_steps": total_steps, "identity": identity,
            "jsonl": JsonlWriter(str(out / "log.jsonl"), enabled=dist.is_main()),
            "tb": TensorBoardWriter(str(out / "tb"), enabled=dist.is_main())}
     while state["epoch"] < tcfg["epochs"]:
@@ -114,8 +122,8 @@ def end_of_epoch(model, optimizer, scaler, cfg, state, ctx, train_stats, metrics
     improved = metrics["AUC"] > state["best_metric"]
     if improved:
         state["best_metric"] = metrics["AUC"]
-        save_state(ctx["out"] / "best.pth", model, optimizer, scaler, cfg, state)
-    save_state(ctx["out"] / "last.pth", model, optimizer, scaler, cfg, state)
+        save_state(ctx["out"] / "best.pth", model, optimizer, scaler, cfg, state, ctx["identity"])
+    save_state(ctx["out"] / "last.pth", model, optimizer, scaler, cfg, state, ctx["identity"])
     if dist.is_main():
         row = {"epoch": state["epoch"], "global_step": state["global_step"], "seconds": round(seconds, 1),
                **{f"train/{k}": v for k, v in train_stats.items()},
@@ -141,4 +149,4 @@ def amp_dtype(amp):
 
 if __name__ == "__main__":
     args = parse_args()
-    main(load_config(args.config, args.opts))
+    main(load_config(args.config, args.opts), args.restart_if_stale)

@@ -7,13 +7,16 @@
 - ``check_finite(losses, state)``: every rank stops (exit 3) before anything is written when a loss is not finite.
 - ``save_state(path, model, optimizer, scaler, cfg, state, identity)``: collective; rank 0 writes the checkpoint
   (model, optimizer, scaler, every rank's RNG, the resolved config, the loop ``state`` and ``identity``).
+- ``clear_if_stale(...)``: the opt-in alternative to that refusal (``--restart-if-stale``): delete and start over.
 - ``resume_state(out, model, optimizer, scaler, cfg, identity)``: restores all of it from ``<out>/last.pth`` and
   returns the loop state ({epoch, step_in_epoch, global_step, best_metric}); it refuses (SystemExit naming the
   differing keys) a checkpoint written under another config (``utils.config.resume_conflicts``) or with another
   ``identity`` (e.g. a fingerprint of the data), so a stale run never continues silently.
 """
 import contextlib
+import hashlib
 import math
+import os
 import sys
 
 import torch
@@ -81,6 +84,34 @@ def refuse_stale(path, saved, cfg, identity=None):
         lines = "\n".join(f"  {key}: checkpoint {old!r}, now {new!r}" for key, (old, new) in reasons.items())
         raise SystemExit(f"{path} was trained with another config:\n{lines}\n"
                          f"choose another train.output_dir, or delete {path} to start over")
+
+
+def clear_if_stale(out, cfg, identity, restart, extra_files=()):
+    """With ``restart``: delete ``<out>/last.pth`` (and ``extra_files`` in ``out``) when it was written under another
+    config or ``identity``, so the run starts over instead of being refused. Collective."""
+    path = find_resume(str(out))
+    if restart and path is not None and dist.is_main():
+        reasons = stale_reasons(torch.load(path, map_location="cpu", weights_only=True), cfg, identity)
+        if reasons:
+            print(f"{path} was trained under other settings ({', '.join(sorted(reasons))}); starting over", flush=True)
+            for name in ("last.pth", "best.pth", *extra_files):
+                if os.path.exists(os.path.join(out, name)):
+                    os.remove(os.path.join(out, name))
+    dist.barrier()
+
+
+def file_sha256(path):
+    """sha256 of a file's bytes, or of a folder's files in name order (a tokenizer folder); None for None."""
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    files = [os.path.join(path, n) for n in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
+    for name in files:
+        if os.path.isfile(name):
+            h.update(os.path.basename(name).encode())
+            with open(name, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
 
 
 def resume_state(out, model, optimizer, scaler, cfg, identity=None):
