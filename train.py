@@ -90,7 +90,7 @@ def main(cfg, restart_if_stale=False):
     identity = {"pretrained_meter_sha256": file_sha256(cfg["pretrained"]["meter"])}
     clear_if_stale(out, cfg, identity, restart_if_stale)
     criterion = build_criterion(cfg)
-    optimizer = build_optimizer(model, tcfg["lr"], tcfg["weight_decay"])
+    optimizer = build_optimizer(model, tcfg["lr"], tcfg["weight_decay"], tcfg["backbone_lr_scale"])
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg["amp"] == "fp16")
     state = resume_state(out, model, optimizer, scaler, cfg, identity)  # refuses a last.pth trained under another config
     if dist.is_main():

@@ -190,3 +190,47 @@ def test_pretrain_script_exports_reuses_and_refuses(tiny_benchmark, tmp_path):
     assert other.returncode != 0 and "pretrain.mlm_prob: checkpoint 0.15, now 0.3" in other.stderr
     restart = run_script(*_pretrain(tiny_benchmark, out), "pretrain.mlm_prob=0.3", "--restart-if-stale")
     assert "starting over" in restart.stdout and "exported" in restart.stdout
+
+
+def test_stale_run_refused_or_cleared(tmp_path):
+    """utils.loop: a last.pth is tied to its config and identity (corpus, tokenizer, pretrained-file fingerprints)."""
+    from utils.config import load_config
+    from utils.loop import clear_if_stale, file_sha256, resume_state, save_state, stale_reasons
+
+    cfg = load_config("configs/debug.yaml")
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    state = {"epoch": 1, "step_in_epoch": 0, "global_step": 5, "best_metric": 0.5}
+    (tmp_path / "a.bin").write_bytes(b"one")
+    identity = {"pretrained_meter_sha256": file_sha256(str(tmp_path / "a.bin"))}
+    save_state(tmp_path / "last.pth", model, opt, scaler, cfg, state, identity)
+    saved = torch.load(tmp_path / "last.pth", weights_only=True)
+    assert stale_reasons(saved, cfg, identity) == {}
+    (tmp_path / "a.bin").write_bytes(b"two")
+    other = {"pretrained_meter_sha256": file_sha256(str(tmp_path / "a.bin"))}
+    assert set(stale_reasons(saved, cfg, other)) == {"pretrained_meter_sha256"}
+    with pytest.raises(SystemExit, match="pretrained_meter_sha256"):
+        resume_state(tmp_path, model, opt, scaler, cfg, other)
+    assert resume_state(tmp_path, model, opt, scaler, cfg, identity)["global_step"] == 5
+    clear_if_stale(tmp_path, cfg, identity, restart=True)  # same settings: kept
+    assert (tmp_path / "last.pth").exists()
+    (tmp_path / "meter_pretrain.ckpt").write_bytes(b"x")
+    clear_if_stale(tmp_path, cfg, other, restart=True, extra_files=("meter_pretrain.ckpt",))
+    assert not (tmp_path / "last.pth").exists() and not (tmp_path / "meter_pretrain.ckpt").exists()
+
+
+def test_backbone_lr_scale_groups():
+    from utils.schedule import set_lr
+    from utils.training import build_optimizer
+
+    model = _pretrainer()
+    one = build_optimizer(model, 1e-3, 0.0)
+    assert len(one.param_groups) == 1
+    opt = build_optimizer(model, 1e-3, 0.0, backbone_lr_scale=0.1)
+    set_lr(opt, 1e-3)
+    inner = {id(p) for p in model.backbone.parameters()}
+    (low, high) = sorted(opt.param_groups, key=lambda g: g["lr"])
+    assert low["lr"] == pytest.approx(1e-4) and high["lr"] == pytest.approx(1e-3)
+    assert {id(p) for p in low["params"]} == inner
+    assert {id(p) for p in high["params"]} == {id(p) for p in model.parameters()} - inner != set()

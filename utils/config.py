@@ -86,6 +86,7 @@ DEFAULTS = {
         "batch_size": 32,                     # per GPU (8 GPUs -> 256)
         "accum_steps": 1,
         "lr": 1.0e-5,
+        "backbone_lr_scale": 1.0,             # train.py: lr factor of model.backbone's parameters (1.0: the paper)
         "min_lr": 1.0e-6,
         "weight_decay": 0.02,
         "warmup_steps": 1000,

@@ -28,13 +28,21 @@ def amp_context(device, amp):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def build_optimizer(model, lr, weight_decay):
+def build_optimizer(model, lr, weight_decay, backbone_lr_scale=1.0):
     """AdamW, lr 1e-5 and weight decay 0.02 on every parameter (section 3.2; as the field's baseline).
 
-    Parameters carry ``initial_lr`` via the group, and ``lr_scale`` 1.0 for utils/schedule.set_lr.
+    ``backbone_lr_scale`` != 1 puts the parameters under ``model.backbone`` (the pre-trained encoders and CFA) in a
+    group of their own whose ``lr_scale`` multiplies the schedule's lr (utils/schedule.set_lr); every other parameter
+    (the heads, new at fine-tuning) keeps ``lr_scale`` 1.0. With 1.0 there is one group, as in the paper.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW([{"params": params, "lr_scale": 1.0}], lr=lr, weight_decay=weight_decay)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if backbone_lr_scale == 1.0:
+        groups = [{"params": [p for _, p in params], "lr_scale": 1.0}]
+    else:
+        inner = [p for n, p in params if n.startswith("backbone.")]
+        groups = [{"params": inner, "lr_scale": float(backbone_lr_scale)},
+                  {"params": [p for n, p in params if not n.startswith("backbone.")], "lr_scale": 1.0}]
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
 
 
 def to_device(batch, device):
