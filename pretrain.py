@@ -93,7 +93,7 @@ def prepare_batch(batch, generator, mask_id, vocab_range, p):
     """Add mlm_ids / mlm_labels (METER masking) and itm_text / itm_label (ITM pairing) to a CPU batch."""
     mlm_ids, mlm_labels = mask_tokens(batch["input_ids"], batch["attention_mask"], batch["word_index"],
                                       batch["content_mask"], generator, mask_id, vocab_range, p["mlm_prob"],
-                                      p["content_mlm_prob"], p["whole_word"])
+                                      p["content_mlm_prob"], p["whole_word"], p["content_spans"])
     itm_text, itm_label = itm_pairs(batch["input_ids"], generator, p["itm_neg_prob"])
     return dict(batch, mlm_ids=mlm_ids, mlm_labels=mlm_labels, itm_text=itm_text, itm_label=itm_label)
 

@@ -12,7 +12,9 @@ go through the same ``DGM4Dataset`` pipeline as fine-tuning (same transforms, to
   each unit is selected with probability ``mlm_prob`` (15%); a selected token becomes ``<mask>`` (80%), a random
   ordinary token (10%) or stays (10%); labels are -100 elsewhere. Units are whole words (``whole_word``: every
   sub-token of a selected word) or single tokens. ``content_prob``, if set, replaces ``mlm_prob`` for content
-  words (stop-word cache M_c), a choice of this codebase (docs/implementation_notes.md "Pre-training").
+  words (stop-word cache M_c), and ``content_spans`` extends a selected content word to its adjacent content words
+  (names are masked whole, so the caption cannot give them away), choices of this codebase
+  (docs/implementation_notes.md "Pre-training").
 - ``itm_pairs(input_ids, generator, neg_prob)``: image i keeps its caption or, with ``neg_prob`` (1/2), gets the
   caption of another image of the batch; label 1 iff the caption paired with it is identical to its own.
 
@@ -102,16 +104,39 @@ def _select_units(word_index, attention_mask, unit_prob, whole_word, generator):
     return words & torch.gather(draw & words, 1, head.clamp(max=n - 1))
 
 
+def _grow_content_spans(selected, word_index, content_mask):
+    """Also select a content word whose neighbouring word (one word left or right) is a selected content word, so
+    that adjacent content words (a person's first and last name) are masked together. (B,L) bool -> (B,L) bool."""
+    b, n = word_index.shape
+    slot = torch.where(word_index >= 0, word_index, torch.full_like(word_index, n))
+    per_word = torch.zeros(b, n + 1, dtype=torch.long)
+    per_word.scatter_reduce_(1, slot, (selected & (content_mask > 0)).long(), reduce="amax")
+    content_word = torch.zeros(b, n + 1, dtype=torch.long)
+    content_word.scatter_reduce_(1, slot, (content_mask > 0).long(), reduce="amax")
+    sel, cont = per_word[:, :n].bool(), content_word[:, :n].bool()
+    left = torch.nn.functional.pad(sel[:, :-1], (1, 0))
+    right = torch.nn.functional.pad(sel[:, 1:], (0, 1))
+    grown = sel | ((left | right) & cont)
+    grown = torch.cat([grown, torch.zeros(b, 1, dtype=torch.bool)], dim=1)
+    return selected | (torch.gather(grown, 1, slot) & (word_index >= 0))
+
+
 def mask_tokens(input_ids, attention_mask, word_index, content_mask, generator, mask_id, vocab_range,
-                mlm_prob=0.15, content_prob=None, whole_word=True):
+                mlm_prob=0.15, content_prob=None, whole_word=True, content_spans=False):
     """METER/BERT masking; returns (mlm_ids (B,L), mlm_labels (B,L) with -100 off the selected tokens).
 
-    ``vocab_range`` (lo, hi): ordinary token ids for the 10% random replacements. All tensors on the CPU.
+    ``vocab_range`` (lo, hi): ordinary token ids for the 10% random replacements. ``content_spans``: a selected
+    content word also selects the adjacent content words (``_grow_content_spans``; needs ``whole_word``). All tensors
+    on the CPU.
     """
     prob = torch.full(input_ids.shape, float(mlm_prob))
     if content_prob is not None:
         prob = torch.where(content_mask > 0, torch.full_like(prob, float(content_prob)), prob)
     selected = _select_units(word_index, attention_mask, prob, whole_word, generator)
+    if content_spans:
+        if not whole_word:
+            raise ValueError("pretrain.content_spans needs pretrain.whole_word")
+        selected = _grow_content_spans(selected, word_index, content_mask)
     labels = torch.where(selected, input_ids, torch.full_like(input_ids, -100))
     u = torch.rand(input_ids.shape, generator=generator)
     random_ids = torch.randint(vocab_range[0], vocab_range[1], input_ids.shape, generator=generator)

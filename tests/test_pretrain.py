@@ -77,6 +77,27 @@ def test_mask_tokens_content_probability_and_token_units():
     assert max(split) == 2  # single-token units: some multi-token word is partly selected
 
 
+def test_content_spans_mask_adjacent_content_words_together():
+    ids, mask, word_index, content = _words_batch(seed=5)
+    content = (word_index >= 0).float()
+    content[word_index % 4 == 3] = 0.0  # runs of three content words separated by a stop word
+    g = torch.Generator().manual_seed(4)
+    _, plain = mask_tokens(ids, mask, word_index, content, torch.Generator().manual_seed(4), 4, (5, 100))
+    _, grown = mask_tokens(ids, mask, word_index, content, g, 4, (5, 100), content_spans=True)
+    sel_plain, sel = plain != -100, grown != -100
+    assert (sel_plain & ~sel).sum() == 0 and sel.sum() > sel_plain.sum()
+    for r in range(ids.shape[0]):
+        words = {int(w): bool(sel[r][word_index[r] == w].any()) for w in word_index[r].unique() if w >= 0}
+        cont = {int(w): bool(content[r][word_index[r] == w].any()) for w in words}
+        for w, on in words.items():
+            if cont[w] and not on:  # an unselected content word has no selected content neighbour in the plain draw
+                for v in (w - 1, w + 1):
+                    assert not (v in words and cont[v] and sel_plain[r][word_index[r] == v].any())
+            assert (sel[r][word_index[r] == w].unique().numel() == 1)  # still whole words
+    with pytest.raises(ValueError, match="whole_word"):
+        mask_tokens(ids, mask, word_index, content, g, 4, (5, 100), whole_word=False, content_spans=True)
+
+
 def test_itm_pairs_negatives_are_other_captions():
     ids = torch.arange(64 * 5).view(64, 5)
     text, label = itm_pairs(ids, torch.Generator().manual_seed(0))

@@ -112,6 +112,7 @@ DEFAULTS = {
         "mlm_prob": 0.15,                     # METER: 15% of the units, 80/10/10
         "content_mlm_prob": None,             # if set: selection probability of content words (M_c) instead
         "whole_word": True,                   # units are whole words (False: single tokens)
+        "content_spans": False,               # a selected content word also selects its adjacent content words
         "itm_neg_prob": 0.5,                  # METER: half of the pairs get another image's caption
         "val_seed": 1234,                     # fixed masks and pairs of the validation set
     },

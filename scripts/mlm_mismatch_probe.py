@@ -1,0 +1,89 @@
+"""Diagnostic: does a pre-trained backbone already 'see' manipulated words? (issue 9, docs/implementation_notes.md)
+
+For every content word of the evaluation split's captions, the word is masked (all its tokens, one word at a time) and
+the pre-trained MLM head scores the original tokens with the pair's own image: surprise = mean -log p(token). A
+manipulated word (token label 1, text_swap / text_attribute) that the picture contradicts should be surprising. Prints
+the ROC AUC of the surprise for manipulated vs. genuine content words, per word kind (``word_kinds.json``), with the
+true image and with another pair's image (the gap is what the picture contributes). Reads the labels of the split it
+evaluates; nothing is trained.
+
+    python scripts/mlm_mismatch_probe.py --config configs/demo_pretrain.yaml --checkpoint output/demo_pretrain/last.pth
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+
+from datasets.dgm4 import build_dataset, collate  # noqa: E402
+from datasets.pretrain import KINDS, load_word_kinds  # noqa: E402
+from datasets.text import tokenizer_for  # noqa: E402
+from models.backbone import build_backbone  # noqa: E402
+from models.meter_heads import MeterPretrainer  # noqa: E402
+from utils.config import load_config  # noqa: E402
+
+
+@torch.no_grad()
+def word_surprise(model, batch, mask_id, image):
+    """[(sample row, word index, surprise)] for every content word of the batch, masked one at a time."""
+    v = model.backbone.encode_image(image)
+    rows, words = [], []
+    for r in range(batch["input_ids"].shape[0]):
+        content = (batch["content_mask"][r] > 0) & (batch["word_index"][r] >= 0)
+        for w in batch["word_index"][r][content].unique().tolist():
+            rows.append(r)
+            words.append(w)
+    if not rows:
+        return []
+    rows_t, words_t = torch.tensor(rows), torch.tensor(words)
+    target = batch["word_index"][rows_t] == words_t[:, None]                       # (W, L) tokens of the word
+    ids = torch.where(target, torch.full_like(target, mask_id, dtype=torch.long), batch["input_ids"][rows_t])
+    mask = batch["attention_mask"][rows_t]
+    t = model.backbone.encode_text(ids, mask)
+    t_hat = model.backbone.cfa(v[rows_t], t, text_mask=mask)["t_hat"]
+    logp = F.log_softmax(model.mlm_score(t_hat).float(), dim=-1)
+    nll = -logp.gather(-1, batch["input_ids"][rows_t].unsqueeze(-1)).squeeze(-1)
+    surprise = (nll * target).sum(1) / target.sum(1)
+    return list(zip(rows, words, surprise.tolist()))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="configs/demo_pretrain.yaml")
+    p.add_argument("--checkpoint", default="output/demo_pretrain/last.pth")
+    p.add_argument("--split", default="test")
+    p.add_argument("--opts", nargs="*", default=[])
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.opts)
+    tok = tokenizer_for(cfg)
+    kinds = load_word_kinds(os.path.join(cfg["data"]["root"], cfg["pretrain"]["word_kinds"]))
+    model = MeterPretrainer(build_backbone(cfg, tok.pad_token_id), cfg["model"]["text"]["vocab_size"])
+    model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True)["model"])
+    model.eval()
+    ds = build_dataset(cfg, args.split)
+    scores = {"true": [], "swapped": []}
+    for start in range(0, len(ds), 64):
+        batch = collate([ds[i] for i in range(start, min(len(ds), start + 64))])
+        for name, image in (("true", batch["image"]), ("swapped", batch["image"].roll(1, 0))):
+            for r, w, s in word_surprise(model, batch, tok.mask_token_id, image):
+                label = int(batch["token_label_clean"][r][batch["word_index"][r] == w].max())
+                kind = kinds.get(batch["caption"][r].split(" ")[w], len(KINDS) - 1)
+                scores[name].append((kind, label, s))
+    for k, kind in enumerate(KINDS):
+        parts = []
+        for name in ("true", "swapped"):
+            rows = [(lab, s) for kk, lab, s in scores[name] if kk == k]
+            labels = [lab for lab, _ in rows]
+            if 0 < sum(labels) < len(labels):
+                parts.append(f"{name} image AUC {100 * roc_auc_score(labels, [s for _, s in rows]):.1f}")
+        n_fake = sum(lab for kk, lab, _ in scores["true"] if kk == k)
+        print(f"{kind:10s} {len([1 for kk, _, _ in scores['true'] if kk == k]):5d} words, {n_fake:4d} manipulated: "
+              + (", ".join(parts) or "no manipulated words"))
+
+
+if __name__ == "__main__":
+    main()
