@@ -146,17 +146,30 @@ def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
 
 # ---------------------------------------------------------------- box ops
 def test_resume_conflicts_name_every_defining_key():
-    saved = load_config(None, ["train.lr=1e-3", "train.epochs=8"])
-    same = load_config(None, ["train.lr=1e-3", "train.epochs=8", "data.num_workers=0", "eval.batch_size=7",
+    saved = load_config(None, ["train.lr=1e-3", "train.epochs=8", "loss.bsc_eps=0.2"])
+    same = load_config(None, ["train.lr=1e-3", "train.epochs=8", "loss.bsc_eps=0.2", "data.num_workers=0", "eval.batch_size=7",
                               "train.device=cpu", "train.log_every=3", "train.output_dir=elsewhere"])
     assert resume_conflicts(saved, same) == {}
-    other = load_config(None, ["train.lr=5e-4", "train.epochs=6", "model.vit.depth=4"])
+    other = load_config(None, ["train.lr=5e-4", "train.epochs=6", "model.vit.depth=4", "loss.bsc_eps=0.2"])
     assert resume_conflicts(saved, other) == {"model.vit.depth": (11, 4), "train.epochs": (8, 6),
                                               "train.lr": (1e-3, 5e-4)}
     missing = {k: v for k, v in saved.items() if k != "eval"}
     assert resume_conflicts(missing, saved) == {}  # eval.* may change
-    del missing["loss"]
-    assert "loss.bsc_eps" in resume_conflicts(missing, saved)
+    del missing["loss"]  # absent keys are no conflict at their default, but loss.bsc_eps is not at its default
+    assert set(resume_conflicts(missing, saved)) == {"loss.bsc_eps"}
+
+
+def test_resume_tolerates_options_added_later_at_their_default():
+    import copy
+
+    from utils.config import DEFAULTS, resume_conflicts
+
+    cfg = copy.deepcopy(DEFAULTS)
+    old = copy.deepcopy(cfg)
+    del old["train"]["backbone_lr_scale"]   # a checkpoint written before the option existed
+    assert resume_conflicts(old, cfg) == {}
+    cfg["train"]["backbone_lr_scale"] = 0.5
+    assert resume_conflicts(old, cfg) == {"train.backbone_lr_scale": (None, 0.5)}
 
 
 def test_resume_allows_a_new_split_of_the_same_global_batch():

@@ -244,10 +244,13 @@ def resume_conflicts(saved, current, saved_world=None, world=None):
     """Dotted keys (outside RESUMABLE_CHANGES) whose values differ between a checkpoint's config and the current
     one, as ``{key: (saved, current)}``; empty when the run may continue. Given both world sizes, a new split of
     the same global batch (world x train.accum_steps x train.batch_size, e.g. 8 GPUs -> 1 GPU with accum_steps=8)
-    is allowed: the sampler draws identical global batches for every factorisation."""
-    old, new = flatten(saved), flatten(current)
+    is allowed: the sampler draws identical global batches for every factorisation. A key the checkpoint's config
+    does not have (an option added to the code later) is no conflict while it keeps its default, since a new option's
+    default reproduces the behaviour from before it existed."""
+    old, new, defaults = flatten(saved), flatten(current), flatten(DEFAULTS)
     conflicts = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-                 if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)}
+                 if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)
+                 and not (k not in old and k in defaults and new.get(k) == defaults[k])}
     split = ("train.accum_steps", "train.batch_size")
     if saved_world and world and all(k in old and k in new for k in split):
         if saved_world * old[split[0]] * old[split[1]] == world * new[split[0]] * new[split[1]]:
