@@ -20,7 +20,6 @@ finished run with its export in place is reused as it is.
 import argparse
 import os
 import time
-from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -35,12 +34,12 @@ from losses.meter import meter_losses
 from models.backbone import build_backbone
 from models.meter_export import save_meter_checkpoint
 from models.meter_heads import MeterPretrainer
-from models.pretrained import format_report, load_pretrained
+from models.pretrained import load_configured
 from utils import dist
 from utils.config import load_config, save_config
 from utils.logger import JsonlWriter, TensorBoardWriter
-from utils.loop import clear_if_stale, file_sha256, resume_state, save_state, train_one_epoch, unwrap
-from utils.training import amp_context, build_optimizer, seed_everything, to_device
+from utils.loop import clear_if_stale, file_sha256, resume_state, save_state, start_run, train_one_epoch, unwrap
+from utils.training import amp_context, build_optimizer, to_device
 
 EXPORT_NAME = "meter_pretrain.ckpt"
 
@@ -100,20 +99,13 @@ def prepare_batch(batch, generator, mask_id, vocab_range, p):
 
 def build_pretrainer(cfg, tokenizer, device):
     model = MeterPretrainer(build_backbone(cfg, pad_token_id=tokenizer.pad_token_id), cfg["model"]["text"]["vocab_size"])
-    if any(cfg["pretrained"][k] for k in ("meter", "openai_clip", "roberta")):
-        report = load_pretrained(model.backbone, cfg["pretrained"])
-        if dist.is_main():
-            print(format_report(report))
+    load_configured(model.backbone, cfg["pretrained"])
     return model.to(device)
 
 
 def main(cfg, restart_if_stale=False):
-    rank, world, _, device = dist.init_distributed(cfg["train"]["device"])
+    rank, world, device, out = start_run(cfg)
     tcfg = cfg["train"]
-    out = Path(tcfg["output_dir"])
-    if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-    seed_everything(tcfg["seed"] + rank, tcfg["deterministic"])
     tokenizer = tokenizer_for(cfg)
     train_loader, val_loader, fingerprint = build_corpus(cfg, world, rank)
     identity = {"corpus_sha256": fingerprint, "tokenizer_sha256": file_sha256(cfg["data"]["tokenizer"])}

@@ -13,7 +13,6 @@ dict printed *before* anything is written.
 """
 import argparse
 import time
-from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -25,13 +24,13 @@ from datasets.seeding import SeededDataset
 from datasets.text import tokenizer_for
 from losses import build_criterion
 from models import build_model
-from models.pretrained import format_report, load_pretrained
+from models.pretrained import load_configured
 from utils import dist
 from utils.config import load_config, save_config
 from utils.evaluator import evaluate, flatten_metrics
 from utils.logger import JsonlWriter, TensorBoardWriter
-from utils.loop import clear_if_stale, file_sha256, resume_state, save_state, train_one_epoch, unwrap
-from utils.training import build_optimizer, seed_everything, to_device
+from utils.loop import clear_if_stale, file_sha256, resume_state, save_state, start_run, train_one_epoch, unwrap
+from utils.training import build_optimizer, to_device
 
 
 def parse_args(argv=None):
@@ -70,21 +69,14 @@ def weak_losses(criterion, device):
 
 
 def main(cfg, restart_if_stale=False):
-    rank, world, _, device = dist.init_distributed(cfg["train"]["device"])
+    rank, world, device, out = start_run(cfg)
     tcfg = cfg["train"]
-    out = Path(tcfg["output_dir"])
-    if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-    seed_everything(tcfg["seed"] + rank, tcfg["deterministic"])
     print(f"rank {rank}/{world} on {device}; output {out}")
 
     tokenizer = tokenizer_for(cfg)
     train_loader, val_loader = build_loaders(cfg, world, rank)
     model = build_model(cfg, pad_token_id=tokenizer.pad_token_id)
-    if any(cfg["pretrained"][k] for k in ("meter", "openai_clip", "roberta")):
-        report = load_pretrained(model.backbone, cfg["pretrained"])
-        if dist.is_main():
-            print(format_report(report), flush=True)
+    load_configured(model.backbone, cfg["pretrained"])
     model.to(device)
     # the run is tied to the bytes of its starting point, not only to the path in the config
     identity = {"pretrained_meter_sha256": file_sha256(cfg["pretrained"]["meter"])}

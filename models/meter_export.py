@@ -13,34 +13,15 @@ METER; pretrain.py produces the same kind of file at toy scale).
 atomically (plain tensors and containers: ``torch.load(weights_only=True)`` reads it), so ``pretrained.meter``
 loads it through ``models/pretrained.py`` with its exact key report (left over: ``mlm_score``, ``itm_score``).
 """
-import re
-
-from models.pretrained import clip_visual_name
+from models.pretrained import timm_visual_name
 from utils.checkpoint import atomic_torch_save
-
-_TIMM_TO_CLIP = [
-    (r"patch_embed\.proj\.weight", "conv1.weight"),
-    (r"cls_token", "class_embedding"),
-    (r"pos_embed", "positional_embedding"),
-    (r"norm_pre\.(weight|bias)", r"ln_pre.\1"),
-    (r"norm\.(weight|bias)", r"ln_post.\1"),
-    (r"blocks\.(\d+)\.norm1\.(weight|bias)", r"transformer.resblocks.\1.ln_1.\2"),
-    (r"blocks\.(\d+)\.norm2\.(weight|bias)", r"transformer.resblocks.\1.ln_2.\2"),
-    (r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", r"transformer.resblocks.\1.attn.in_proj_\2"),
-    (r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", r"transformer.resblocks.\1.attn.out_proj.\2"),
-    (r"blocks\.(\d+)\.mlp\.fc1\.(weight|bias)", r"transformer.resblocks.\1.mlp.c_fc.\2"),
-    (r"blocks\.(\d+)\.mlp\.fc2\.(weight|bias)", r"transformer.resblocks.\1.mlp.c_proj.\2"),
-]
-
 
 def timm_to_clip_name(name):
     """timm ViT key -> CLIP visual key (without ``visual.``); raises for a key METER's ViT does not have."""
-    for pattern, target in _TIMM_TO_CLIP:
-        if re.fullmatch(pattern, name):
-            clip = re.sub(pattern, target, name)
-            assert clip_visual_name(clip) == name, f"{name} -> {clip} does not map back"
-            return clip
-    raise KeyError(f"ViT parameter {name!r} has no CLIP/METER name")
+    clip = timm_visual_name(name)
+    if clip is None:
+        raise KeyError(f"ViT parameter {name!r} has no CLIP/METER name")
+    return clip
 
 
 def meter_state_dict(pretrainer):

@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from torch import serialization
 from torch import _weights_only_unpickler
 
+from utils import dist
+
 # --------------------------------------------------------------------------------------------
 # Safe loading
 
@@ -141,27 +143,46 @@ def read_openai_clip(path):
 # --------------------------------------------------------------------------------------------
 # CLIP visual (METER / OpenAI names) -> timm VisionTransformer names
 
-_VISUAL_RULES = [
-    (r"conv1\.weight", "patch_embed.proj.weight"),
-    (r"class_embedding", "cls_token"),
-    (r"positional_embedding", "pos_embed"),
-    (r"ln_pre\.(weight|bias)", r"norm_pre.\1"),
-    (r"ln_post\.(weight|bias)", r"norm.\1"),
-    (r"transformer\.resblocks\.(\d+)\.ln_1\.(weight|bias)", r"blocks.\1.norm1.\2"),
-    (r"transformer\.resblocks\.(\d+)\.ln_2\.(weight|bias)", r"blocks.\1.norm2.\2"),
-    (r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)", r"blocks.\1.attn.qkv.\2"),
-    (r"transformer\.resblocks\.(\d+)\.attn\.out_proj\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
-    (r"transformer\.resblocks\.(\d+)\.mlp\.c_fc\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
-    (r"transformer\.resblocks\.(\d+)\.mlp\.c_proj\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+# One table of (CLIP name, timm name) templates, read in both directions: {i} a block index, {p} weight or bias.
+_VISUAL_NAMES = [
+    ("conv1.weight", "patch_embed.proj.weight"),
+    ("class_embedding", "cls_token"),
+    ("positional_embedding", "pos_embed"),
+    ("ln_pre.{p}", "norm_pre.{p}"),
+    ("ln_post.{p}", "norm.{p}"),
+    ("transformer.resblocks.{i}.ln_1.{p}", "blocks.{i}.norm1.{p}"),
+    ("transformer.resblocks.{i}.ln_2.{p}", "blocks.{i}.norm2.{p}"),
+    ("transformer.resblocks.{i}.attn.in_proj_{p}", "blocks.{i}.attn.qkv.{p}"),
+    ("transformer.resblocks.{i}.attn.out_proj.{p}", "blocks.{i}.attn.proj.{p}"),
+    ("transformer.resblocks.{i}.mlp.c_fc.{p}", "blocks.{i}.mlp.fc1.{p}"),
+    ("transformer.resblocks.{i}.mlp.c_proj.{p}", "blocks.{i}.mlp.fc2.{p}"),
 ]
+
+
+def _template_regex(template):
+    return re.compile(re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)"))
+
+
+_CLIP_TO_TIMM = [(_template_regex(clip), timm) for clip, timm in _VISUAL_NAMES]
+_TIMM_TO_CLIP = [(_template_regex(timm), clip) for clip, timm in _VISUAL_NAMES]
+
+
+def _rename(name, rules):
+    for pattern, target in rules:
+        match = pattern.fullmatch(name)
+        if match:
+            return target.format(**match.groupdict())
+    return None
 
 
 def clip_visual_name(name):
     """CLIP visual key (without ``visual.``) -> timm key, or None when no rule matches."""
-    for pattern, target in _VISUAL_RULES:
-        if re.fullmatch(pattern, name):
-            return re.sub(pattern, target, name)
-    return None
+    return _rename(name, _CLIP_TO_TIMM)
+
+
+def timm_visual_name(name):
+    """timm ViT key -> CLIP visual key (without ``visual.``), or None: the inverse of ``clip_visual_name``."""
+    return _rename(name, _TIMM_TO_CLIP)
 
 
 def resize_pos_embed(pos, grid_size):
@@ -393,6 +414,17 @@ def load_pretrained(backbone, cfg_pretrained):
         else:
             report["roberta"] = dict(path=roberta, **load_roberta(backbone.text_transformer, roberta))
     report["random_init"] = _random_parts(report)
+    return report
+
+
+def load_configured(backbone, cfg_pretrained, verbose=True):
+    """``load_pretrained`` when ``cfg["pretrained"]`` names any source (the report is printed on rank 0 when
+    ``verbose``); None when it names none, so the backbone keeps its random init."""
+    if not any(cfg_pretrained.get(k) for k in ("meter", "openai_clip", "roberta")):
+        return None
+    report = load_pretrained(backbone, cfg_pretrained)
+    if verbose and dist.is_main():
+        print(format_report(report), flush=True)
     return report
 
 

@@ -2,6 +2,7 @@
 
 - ``train_one_epoch(model, compute_losses, loader, optimizer, scaler, cfg, state, ctx)``: one epoch of optimizer
   steps (accumulation, DDP no_sync, autocast, per-step lr, logging, step checkpoints).
+- ``start_run(cfg)``: process group, output folder, per-rank seed.
 - ``unwrap(model)``: the module inside DDP.
 - ``optimizer_step(model, optimizer, scaler, clip_grad)``: (unscale, clip,) step, update, zero_grad.
 - ``check_finite(losses, state)``: every rank stops (exit 3) before anything is written when a loss is not finite.
@@ -18,6 +19,7 @@ import hashlib
 import math
 import os
 import sys
+from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -27,9 +29,20 @@ from utils import dist
 from utils.checkpoint import find_resume, gather_rng_states, load_checkpoint, save_checkpoint, saved_world_size
 from utils.config import resume_conflicts
 from utils.schedule import lr_at, set_lr
-from utils.training import amp_context
+from utils.training import amp_context, seed_everything
 
 LOOP_STATE = ("epoch", "step_in_epoch", "global_step", "best_metric")
+
+
+def start_run(cfg):
+    """Join the process group, create ``train.output_dir`` (rank 0) and seed this rank.
+    Returns (rank, world_size, device, output folder as a Path)."""
+    rank, world, _, device = dist.init_distributed(cfg["train"]["device"])
+    out = Path(cfg["train"]["output_dir"])
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg["train"]["seed"] + rank, cfg["train"]["deterministic"])
+    return rank, world, device, out
 
 
 def unwrap(model):
