@@ -4,7 +4,7 @@
 image (3,S,S); y_m, y_v, y_t scalars and multi_label (4,) from ``fake_cls`` (the only training labels of the
 weakly supervised model); gt_box (4,) and token_label / token_label_clean (L,) for evaluation only;
 cand_boxes (n,4) + cand_mask (n,) from the face cache (the candidate set C of section 2.3.2);
-input_ids / attention_mask (L,); content_mask (L,) = M_c of eq. 19 from the stop-word cache; orig_size (2,).
+input_ids / attention_mask (L,); content_mask (L,) = M_c of eqs. 13, 15, 21 from the stop-word cache; orig_size (2,).
 ``collate`` stacks them into the batch dict (B, ...), keeping lists for id, fake_cls and caption.
 
 Bad inputs. ``on_bad="fail"``: the first bad record raises ``RecordError`` (names id and metadata file): at load

@@ -1,7 +1,8 @@
 """Caption text: the benchmark's caption cleaning, tokenisation, word->token labels, content-word masks.
 
 Implements the text side of the DGM4 protocol (docs: dgm4_protocol.md 2.3-2.5) used by CIEC's text branch
-(paper section 2.4: token labels for evaluation, content-word mask M_c for the ASC loss, eqs. 19-20).
+(paper section 2.4: token labels for evaluation, content-word mask M_c of eqs. 13, 15 and 21, also
+the token set of L_Asc, eqs. 18-20).
 
 - ``normalize_caption(text, max_words)``: HAMMER's ``pre_caption`` exactly (one function for the dataset and every
   preprocess script).
@@ -208,7 +209,7 @@ CONTENT_RULES = ("content word iff: not in sklearn ENGLISH_STOP_WORDS; contains 
 
 
 def content_word_mask(words):
-    """Content-word mask M_c over normalised words (paper 2.4, eq. 19): list of 0/1.
+    """Content-word mask M_c over normalised words (paper 2.4, eqs. 13, 15, 21): list of 0/1.
 
     A word is a content word (1) iff all hold:
     1. it is not in sklearn's ``ENGLISH_STOP_WORDS`` (318 words; 'the', 'not', 'no' are stop words);

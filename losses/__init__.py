@@ -51,6 +51,9 @@ class Criterion:
 def build_criterion(cfg):
     """``Criterion`` from ``cfg["loss"]`` (weights and the eq. 9-21 hyperparameters)."""
     c = cfg["loss"]
+    if c["weights"]["scc"] and not cfg["model"]["vctg"]["image_aid"]:
+        raise ValueError("loss.weights.scc must be 0 when model.vctg.image_aid is false: L_Scc (eq. 21) reads S_raw "
+                         "of the visual branch (eq. 14), which is not built without it (Table 3 'w/o Image-aid')")
     return Criterion(c["weights"], bsc_eps=c["bsc_eps"], sce_delta=c["sce_delta"], sce_topk=c["sce_topk"],
                      sce_sigma=c["sce_sigma"], asc_lambda=c["asc_lambda"], asc_k2_ratio=c["asc_k2_ratio"],
                      asc_k2_min=c["asc_k2_min"], scc_delta=c["scc_delta"])

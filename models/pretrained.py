@@ -271,6 +271,12 @@ _REPLACED_POS = ("vit_model.visual.positional_embedding (replaced by OpenAI's)",
 _CFA_KEYS = r"(cross_modal_(text|image)_(transform|layers|pooler)|token_type_embeddings)\..*"
 
 
+def _cfa_layer(key):
+    """Index of the co-attention layer a CFA key belongs to; -1 for transforms, poolers and type embeddings."""
+    match = re.match(r"cross_modal_(?:text|image)_layers\.(\d+)\.", key)
+    return int(match.group(1)) if match else -1
+
+
 def meter_to_backbone(sd, backbone, pos_embed=None, what="METER checkpoint"):
     """METER state dict -> (backbone state dict, left-over groups, resized list).
 
@@ -278,7 +284,9 @@ def meter_to_backbone(sd, backbone, pos_embed=None, what="METER checkpoint"):
     """
     vit = backbone.vit_model
     visual, out, rest = {}, {}, []
-    patterns = list(METER_LEFTOVERS)
+    num_cfa = len(backbone.cfa.cross_modal_text_layers)
+    patterns = list(METER_LEFTOVERS) + [(f"cross_modal_{side}_layers beyond cfa.num_layers={num_cfa}",
+                                         rf"cross_modal_{side}_layers\.\d+\..*") for side in ("text", "image")]
     for key, value in sd.items():
         if any(re.fullmatch(p, key) for _, p in METER_LEFTOVERS):
             rest.append(key)
@@ -286,8 +294,10 @@ def meter_to_backbone(sd, backbone, pos_embed=None, what="METER checkpoint"):
             visual[key[len("vit_model.visual."):]] = value
         elif key.startswith("text_transformer."):
             out[key] = value
-        elif re.fullmatch(_CFA_KEYS, key):
+        elif re.fullmatch(_CFA_KEYS, key) and _cfa_layer(key) < num_cfa:
             out["cfa." + key] = value
+        elif re.fullmatch(_CFA_KEYS, key):
+            rest.append(key)
         else:
             rest.append(key)
     if pos_embed is not None and "positional_embedding" in visual:

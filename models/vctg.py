@@ -12,7 +12,9 @@ Inputs (B batch, L tokens incl. position 0 = ``<s>``, N patches):
     attention_mask (B,L)     1 on ``<s> tokens </s>``, 0 on padding (right padding)
     content_mask   (B,L)     M_c: 1 on content-word tokens, 0 on stop words, specials, padding
 Outputs (dict): t_coarse (B,), s_it / s_raw / s_et / token_scores (B,L), t_fine, t_fine_logit (B,),
-token_prob (B,L) (= S^t, 0 off content tokens), token_pred long (B,L).
+token_prob (B,L) (= S^t, 0 off content tokens), token_pred long (B,L). With ``image_aid=False`` (Table 3
+"w/o Image-aid") the visual branch is neither built nor run: no ``s_raw`` / ``s_et`` keys, S^t = S^it, and L_Scc
+(which reads S_raw) must be off (losses.build_criterion refuses it).
 """
 import torch
 import torch.nn as nn
@@ -69,10 +71,10 @@ class VCTG(nn.Module):
         self.coarse_head = nn.Linear(dim, 1)                      # 2.4.1 token anomaly map
         self.conv = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2)  # eq. 13
         self.it_head = nn.Linear(dim, 1)
-        self.proj_t = nn.Linear(dim_t_raw, proj_dim)              # eq. 14 shared space
-        self.proj_v = nn.Linear(dim_v_raw, proj_dim)
         self.fine_head = nn.Linear(dim, 1)                        # 2.4.2 sentence prediction
-        if image_aid:
+        if image_aid:  # the visual branch (eqs. 14-16); without it nothing reads S_raw, so it is not built
+            self.proj_t = nn.Linear(dim_t_raw, proj_dim)          # eq. 14 shared space
+            self.proj_v = nn.Linear(dim_v_raw, proj_dim)
             self.eta = nn.Parameter(torch.tensor(1.0))            # eq. 15 scale
             self.beta = nn.Parameter(torch.tensor(0.0))           # eq. 15 centre
             if gate == "softmax":
@@ -86,18 +88,17 @@ class VCTG(nn.Module):
         t_hat = t_hat * attention_mask.unsqueeze(-1).to(t_hat.dtype)  # padding features never reach the conv
         t_coarse = topk_masked_mean(torch.sigmoid(self.coarse_head(t_hat).squeeze(-1).float()), words, self.topk)
         s_it = self.intrinsic(t_hat, content)
-        s_raw = self.visual_support(t_raw, v_pat_raw, words)
+        out = {"t_coarse": t_coarse, "s_it": s_it}
         if self.image_aid:
-            s_et = self.extrinsic(s_raw, content, words)
-            token_scores = self.fuse(s_it, s_et, t_hat, content)
+            out["s_raw"] = self.visual_support(t_raw, v_pat_raw, words)
+            out["s_et"] = self.extrinsic(out["s_raw"], content, words)
+            token_scores = self.fuse(s_it, out["s_et"], t_hat, content)
         else:
-            s_et = torch.zeros_like(s_it)
             token_scores = s_it
         t_fine_logit = self.fine_logit(t_hat, token_scores, content)
         t_fine = torch.sigmoid(t_fine_logit)
-        return {"t_coarse": t_coarse, "s_it": s_it, "s_raw": s_raw, "s_et": s_et, "token_scores": token_scores,
-                "t_fine": t_fine, "t_fine_logit": t_fine_logit, "token_prob": token_scores,
-                "token_pred": self.predict(token_scores, words, t_fine, t_coarse)}
+        return {**out, "token_scores": token_scores, "t_fine": t_fine, "t_fine_logit": t_fine_logit,
+                "token_prob": token_scores, "token_pred": self.predict(token_scores, words, t_fine, t_coarse)}
 
     def intrinsic(self, t_hat, content):
         """Eq. 13: S^it = M_c * sigmoid(Linear(GELU(Conv1d(T-hat)))), (B,L) float32."""
