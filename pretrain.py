@@ -36,7 +36,7 @@ from models.meter_export import save_meter_checkpoint
 from models.meter_heads import MeterPretrainer
 from models.pretrained import load_configured
 from utils import dist
-from utils.config import load_config, save_config
+from utils.config import grad_checkpointing_parts, load_config, save_config
 from utils.logger import JsonlWriter, TensorBoardWriter
 from utils.loop import clear_if_stale, file_sha256, resume_state, save_state, start_run, train_one_epoch, unwrap
 from utils.training import amp_context, build_optimizer, to_device
@@ -99,6 +99,7 @@ def prepare_batch(batch, generator, mask_id, vocab_range, p):
 
 def build_pretrainer(cfg, tokenizer, device):
     model = MeterPretrainer(build_backbone(cfg, pad_token_id=tokenizer.pad_token_id), cfg["model"]["text"]["vocab_size"])
+    model.backbone.set_grad_checkpointing(grad_checkpointing_parts(cfg["train"]["grad_checkpointing"]))
     load_configured(model.backbone, cfg["pretrained"])
     return model.to(device)
 

@@ -11,6 +11,7 @@ in the style of the paper's Figure 3.
 import argparse
 import json
 import os
+import time
 
 import torch
 from torch.utils.data import DataLoader
@@ -21,8 +22,8 @@ from datasets.text import tokenizer_for
 from models import build_model
 from utils import dist
 from utils.checkpoint import load_checkpoint
-from utils.config import load_config
 from utils.evaluator import evaluate
+from utils.paths import check_inputs, exit_on_missing, load_entry_config
 from utils.report import format_report, json_safe, write_predictions
 from utils.visualize import render_predictions
 
@@ -39,10 +40,11 @@ def parse_args(argv=None):
 
 
 def main(args):
-    cfg = load_config(args.config, args.opts)
+    cfg = load_entry_config(args.config, args.opts)
     split = args.split or cfg["eval"]["split"]
     ckpt_path = args.checkpoint or os.path.join(cfg["train"]["output_dir"], "best.pth")
     out = args.out or os.path.join(cfg["train"]["output_dir"], f"eval_{split}")
+    check_inputs(cfg, [split], args.config, args.opts, checkpoint=ckpt_path)  # one-line error for missing data
     rank, world, _, device = dist.init_distributed(cfg["train"]["device"])
 
     tokenizer = tokenizer_for(cfg)
@@ -56,8 +58,12 @@ def main(args):
     print(f"checkpoint {ckpt_path} (epoch {ckpt.get('epoch')}, global step {ckpt.get('global_step')}); "
           f"split {split}: {len(dataset)} samples")
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[cfg["train"]["amp"]]
+    start = time.perf_counter()
     metrics, predictions = evaluate(model, loader, device, amp_dtype=amp)
+    seconds = time.perf_counter() - start
     if dist.is_main():
+        print(f"evaluated {len(dataset)} pairs in {seconds:.1f} s: {len(dataset) / seconds:.1f} pairs/s "
+              f"({world} process(es), eval.batch_size {cfg['eval']['batch_size']}, loading included)", flush=True)
         os.makedirs(out, exist_ok=True)
         print(format_report(metrics, split))
         with open(os.path.join(out, "metrics.json"), "w") as f:
@@ -70,4 +76,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    exit_on_missing(main, parse_args())

@@ -7,8 +7,10 @@
 The loop reads top-down: distributed init -> data -> model, criterion, optimiser -> automatic
 resume from ``<output_dir>/last.pth`` -> epochs of (train, validate, save). The learning rate
 is a stateless function of the global step (utils/schedule.py). Checkpoints are written
-atomically; ``last.pth`` every epoch (and every ``train.save_every_steps`` optimizer steps),
-``best.pth`` when the validation AUC improves. A non-finite loss stops the run with the loss
+atomically; ``last.pth`` (everything resuming needs) every epoch (and every ``train.save_every_steps`` optimizer
+steps), ``best.pth`` (weights, config and fingerprints only) when the validation AUC improves.
+``train.grad_checkpointing`` recomputes activations in backward (models/backbone.py) to fit larger micro-batches.
+A non-finite loss stops the run with the loss
 dict printed *before* anything is written.
 """
 import argparse
@@ -26,10 +28,12 @@ from losses import build_criterion
 from models import build_model
 from models.pretrained import load_configured
 from utils import dist
-from utils.config import load_config, save_config
+from utils.config import grad_checkpointing_parts, save_config
 from utils.evaluator import evaluate, flatten_metrics
 from utils.logger import JsonlWriter, TensorBoardWriter
-from utils.loop import clear_if_stale, file_sha256, resume_state, save_state, start_run, train_one_epoch, unwrap
+from utils.loop import (clear_if_stale, file_sha256, resume_state, save_best, save_state, start_run, train_one_epoch,
+                        unwrap)
+from utils.paths import check_inputs, exit_on_missing, load_entry_config
 from utils.training import build_optimizer, to_device
 
 
@@ -76,6 +80,9 @@ def main(cfg, restart_if_stale=False):
     tokenizer = tokenizer_for(cfg)
     train_loader, val_loader = build_loaders(cfg, world, rank)
     model = build_model(cfg, pad_token_id=tokenizer.pad_token_id)
+    model.backbone.set_grad_checkpointing(grad_checkpointing_parts(tcfg["grad_checkpointing"]))
+    if model.frozen_by_ablation:  # parameters only a switched-off loss would train keep their init (models/__init__)
+        print(f"frozen (no enabled loss trains them): {model.frozen_by_ablation}")
     load_configured(model.backbone, cfg["pretrained"])
     model.to(device)
     # the run is tied to the bytes of its starting point, not only to the path in the config
@@ -93,6 +100,7 @@ def main(cfg, restart_if_stale=False):
     sampler = train_loader.sampler
     total_steps = tcfg["epochs"] * sampler.steps_per_epoch
     ctx = {"device": device, "out": out, "total_steps": total_steps, "identity": identity,
+           "best_identity": dict(identity, tokenizer_sha256=file_sha256(cfg["data"]["tokenizer"])),
            "jsonl": JsonlWriter(str(out / "log.jsonl"), enabled=dist.is_main()),
            "tb": TensorBoardWriter(str(out / "tb"), enabled=dist.is_main())}
     while state["epoch"] < tcfg["epochs"]:
@@ -114,7 +122,7 @@ def end_of_epoch(model, optimizer, scaler, cfg, state, ctx, train_stats, metrics
     improved = metrics["AUC"] > state["best_metric"]
     if improved:
         state["best_metric"] = metrics["AUC"]
-        save_state(ctx["out"] / "best.pth", model, optimizer, scaler, cfg, state, ctx["identity"])
+        save_best(ctx["out"] / "best.pth", model, cfg, state, ctx["best_identity"])  # weights only, for test.py
     save_state(ctx["out"] / "last.pth", model, optimizer, scaler, cfg, state, ctx["identity"])
     if dist.is_main():
         row = {"epoch": state["epoch"], "global_step": state["global_step"], "seconds": round(seconds, 1),
@@ -139,6 +147,12 @@ def amp_dtype(amp):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
 
 
+def run(args):
+    """Check that the data and pretrained weights are in place (one-line error otherwise), then train."""
+    cfg = load_entry_config(args.config, args.opts)
+    check_inputs(cfg, ["train", "val"], args.config, args.opts, pretrained=True)
+    main(cfg, args.restart_if_stale)
+
+
 if __name__ == "__main__":
-    args = parse_args()
-    main(load_config(args.config, args.opts), args.restart_if_stale)
+    exit_on_missing(run, parse_args())

@@ -6,6 +6,8 @@ weakly supervised model); gt_box (4,) and token_label / token_label_clean (L,) f
 cand_boxes (n,4) + cand_mask (n,) from the face cache (the candidate set C of section 2.3.2);
 input_ids / attention_mask (L,); content_mask (L,) = M_c of eqs. 13, 15, 21 from the stop-word cache; orig_size (2,).
 ``collate`` stacks them into the batch dict (B, ...), keeping lists for id, fake_cls and caption.
+``candidate_pixel_boxes`` / ``candidate_tensors`` (candidate boxes) and ``text_inputs`` (caption -> token inputs and
+word alignment) build those inputs from a face list and a raw caption; infer.py builds its pairs with the same three.
 
 Bad inputs. ``on_bad="fail"``: the first bad record raises ``RecordError`` (names id and metadata file): at load
 for metadata and cache problems and for a wrong folder layout (``check_layout``: one image per top folder must
@@ -25,8 +27,8 @@ from tqdm import tqdm
 
 from datasets.records import (FAKE_CLS, RecordError, check_box_in_image, load_metadata, open_image,
                               read_image_sized)
-from datasets.text import (align_words, benchmark_token_labels, clean_token_labels, content_token_mask, encode,
-                           load_tokenizer, normalize_caption, token_words)
+from datasets.text import (STOPWORD_SOURCE, align_words, benchmark_token_labels, clean_token_labels,
+                           content_token_mask, encode, load_stopwords, load_tokenizer, normalize_caption, token_words)
 from datasets.transforms import boxes_to_cxcywh, build_transform
 from preprocess.cache_io import load_cache
 
@@ -34,7 +36,7 @@ from preprocess.cache_io import load_cache
 class DGM4Dataset(Dataset):
     def __init__(self, root, files, tokenizer, face_cache, stopword_cache, image_size=256, max_len=50,
                  max_words=50, num_boxes=5, train=False, on_bad="fail", box_tolerance=0.05, jpeg_draft=True,
-                 check_images=True):
+                 check_images=True, stopword_source=None):
         self.root, self.image_size, self.max_len, self.max_words = root, image_size, max_len, max_words
         self.num_boxes, self.train, self.on_bad, self.box_tolerance = num_boxes, train, on_bad, box_tolerance
         self.draft_size = (2 * image_size, 2 * image_size) if jpeg_draft else None
@@ -46,7 +48,11 @@ class DGM4Dataset(Dataset):
                 raise FileNotFoundError(f"cache file {path} does not exist (build it with preprocess/"
                                         f"detect_faces.py and preprocess/stopword_masks.py)")
         _, self.faces, self.face_errors = load_cache(face_cache, "faces")
-        _, self.stopwords, _ = load_cache(stopword_cache, "stopwords")
+        header, self.stopwords, _ = load_cache(stopword_cache, "stopwords")
+        made_with = header.get("stopword_source", STOPWORD_SOURCE)
+        if stopword_source is not None and made_with != stopword_source:
+            raise ValueError(f"stop-word cache {stopword_cache} was made with the list '{made_with}', the config's "
+                             f"data.stopwords gives '{stopword_source}': rebuild it with preprocess/stopword_masks.py")
         self.face_cache_path, self.stopword_cache_path = face_cache, stopword_cache
         self.records = self._keep(records, map(_catch(self._check_caches), records))
         if on_bad == "skip" and check_images:
@@ -152,34 +158,64 @@ class DGM4Dataset(Dataset):
         return sample
 
     def _candidates(self, rec, size, flipped):
-        """Top ``num_boxes`` face boxes by score, clipped to the image, normalised, flipped, zero-padded."""
+        """Top ``num_boxes`` face-cache boxes by score as model inputs (``candidate_tensors``)."""
         face = self.faces[rec["image"]]
-        w, h = size
-        boxes = np.asarray(face["boxes"], dtype=np.float64).reshape(-1, 4)
-        order = np.argsort(-np.asarray(face["scores"], dtype=np.float64), kind="stable")
-        boxes = boxes[order]
-        boxes = np.clip(boxes, 0, [w, h, w, h])
-        boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])][:self.num_boxes]
-        out = torch.zeros(self.num_boxes, 4)
-        out[:len(boxes)] = torch.from_numpy(boxes_to_cxcywh(boxes, size, flipped))
-        mask = torch.zeros(self.num_boxes, dtype=torch.bool)
-        mask[:len(boxes)] = True
-        return out, mask
+        boxes, _ = candidate_pixel_boxes(face["boxes"], face["scores"], size, self.num_boxes)
+        return candidate_tensors(boxes, size, self.num_boxes, flipped)
 
     def _text(self, rec):
-        caption, spans, owner = align_words(rec["text"], self.max_words)
-        enc = encode(self.tokenizer, caption, self.max_len)
-        pos = rec["fake_text_pos"]
-        word_mask = self.stopwords[str(rec["id"])]["mask"][:len(spans)]
-        return {
-            "caption": caption,
-            "input_ids": torch.tensor(enc["input_ids"], dtype=torch.long),
-            "attention_mask": torch.tensor(enc["attention_mask"], dtype=torch.long),
-            "token_label": torch.tensor(benchmark_token_labels(enc, pos, self.max_words), dtype=torch.long),
-            "token_label_clean": torch.tensor(clean_token_labels(enc, spans, owner, pos), dtype=torch.long),
-            "content_mask": torch.tensor(content_token_mask(enc, spans, word_mask), dtype=torch.float32),
-            "word_index": torch.tensor(token_words(enc, spans, spans[-1][1] if spans else 0), dtype=torch.long),
-        }
+        word_mask = self.stopwords[str(rec["id"])]["mask"]
+        text = text_inputs(self.tokenizer, rec["text"], word_mask, self.max_len, self.max_words)
+        enc, spans, owner, pos = text.pop("enc"), text.pop("spans"), text.pop("owner"), rec["fake_text_pos"]
+        text["token_label"] = torch.tensor(benchmark_token_labels(enc, pos, self.max_words), dtype=torch.long)
+        text["token_label_clean"] = torch.tensor(clean_token_labels(enc, spans, owner, pos), dtype=torch.long)
+        return text
+
+
+def candidate_pixel_boxes(boxes, scores, size, num_boxes):
+    """Candidate set C (paper 2.3.2) of one image in its own pixels: the ``num_boxes`` best ``boxes`` (xyxy) by
+    ``scores`` (stable order; ``scores=None`` keeps the given order), clipped to the (W, H) image, boxes without
+    area dropped. Returns ``(boxes (k, 4) float64, scores (k,) float64 or None)``, k <= num_boxes. Shared by the
+    dataset (face cache) and infer.py (MTCNN or the user's boxes)."""
+    w, h = size
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if scores is not None:
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        order = np.argsort(-scores, kind="stable")
+        boxes, scores = boxes[order], scores[order]
+    boxes = np.clip(boxes, 0, [w, h, w, h])
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return boxes[keep][:num_boxes], None if scores is None else scores[keep][:num_boxes]
+
+
+def candidate_tensors(boxes, size, num_boxes, flipped=False):
+    """Pixel xyxy boxes (k, 4), k <= num_boxes, of an image of ``size`` -> ``cand_boxes`` (num_boxes, 4) normalised
+    cx,cy,w,h (mirrored when ``flipped``), zero-padded, and ``cand_mask`` (num_boxes,) bool."""
+    out = torch.zeros(num_boxes, 4)
+    out[:len(boxes)] = torch.from_numpy(boxes_to_cxcywh(boxes, size, flipped))
+    mask = torch.zeros(num_boxes, dtype=torch.bool)
+    mask[:len(boxes)] = True
+    return out, mask
+
+
+def text_inputs(tokenizer, text, word_mask, max_len, max_words):
+    """The model's text inputs of one raw caption (shared by the dataset and infer.py).
+
+    ``word_mask``: content-word flags of the uncapped normalised words (stop-word cache entry, or
+    ``preprocess.stopword_masks.mask_entry``). Returns tensors ``input_ids``, ``attention_mask`` (L,),
+    ``content_mask`` (L,) float, ``word_index`` (L,) long (normalised word of every token, -1 at specials and
+    padding), the normalised ``caption``, and the alignment: ``enc`` (``datasets.text.encode``), ``spans``,
+    ``owner`` (``align_words``)."""
+    caption, spans, owner = align_words(text, max_words)
+    enc = encode(tokenizer, caption, max_len)
+    word_mask = list(word_mask)[:len(spans)]
+    return {
+        "caption": caption, "enc": enc, "spans": spans, "owner": owner,
+        "input_ids": torch.tensor(enc["input_ids"], dtype=torch.long),
+        "attention_mask": torch.tensor(enc["attention_mask"], dtype=torch.long),
+        "content_mask": torch.tensor(content_token_mask(enc, spans, word_mask), dtype=torch.float32),
+        "word_index": torch.tensor(token_words(enc, spans, spans[-1][1] if spans else 0), dtype=torch.long),
+    }
 
 
 def _catch(check):
@@ -212,4 +248,5 @@ def build_dataset(cfg, split, files=None):
         d["root"], d[f"{split}_files"] if files is None else files, d["tokenizer"], os.path.join(d["root"], d["face_cache"]),
         os.path.join(d["root"], d["stopword_cache"]), image_size=d["image_size"], max_len=d["max_len"],
         max_words=d["max_words"], num_boxes=d["num_boxes"], train=split == "train", on_bad=d["on_bad_record"],
-        box_tolerance=d["box_tolerance"], jpeg_draft=d["jpeg_draft"], check_images=d["check_images"])
+        box_tolerance=d["box_tolerance"], jpeg_draft=d["jpeg_draft"], check_images=d["check_images"],
+        stopword_source=load_stopwords(d["stopwords"])[1])

@@ -17,6 +17,7 @@ the token set of L_Asc, eqs. 18-20).
   ``count_label_disagreements`` counts the captions on which (a) and (b) differ.
 - ``content_word_mask(words)`` (per normalised word) and ``content_token_mask`` (per token).
 """
+import hashlib
 import os
 import re
 
@@ -202,22 +203,42 @@ def count_label_disagreements(tokenizer, records, max_len, max_words=50):
     return n_bad, len(records), examples
 
 
-STOPWORD_SOURCE = "sklearn ENGLISH_STOP_WORDS"
-CONTENT_RULES = ("content word iff: not in sklearn ENGLISH_STOP_WORDS; contains at least one alphanumeric "
+STOPWORD_SOURCE = "sklearn ENGLISH_STOP_WORDS"   # the source id of data.stopwords = "sklearn" (the default)
+CONTENT_RULES = ("content word iff: not in the stop-word list (header's stopword_source); contains at least one alphanumeric "
                  "character (punctuation-only words are not content); contains at least one letter "
                  "(number-only words such as '2020', '50%', '$5' are not content)")
 
 
-def content_word_mask(words):
+def load_stopwords(spec):
+    """``data.stopwords`` -> (frozenset of stop words, source id recorded in the stop-word cache's header).
+
+    ``"sklearn"``: scikit-learn's ``ENGLISH_STOP_WORDS`` (318 words, among them 'not', 'no', 'nor', 'never',
+    'first', 'last', 'two', 'top', 'front', 'back', 'fire': tokens of these can never be predicted fake).
+    Otherwise a path to a UTF-8 text file, one word per line (lowercase, as in normalised captions; blank lines
+    and lines starting with '#' are ignored); its source id carries the sha256 of its word set, so a cache made
+    with another list is refused by the dataset whatever the file is called.
+    """
+    if spec == "sklearn":
+        return frozenset(ENGLISH_STOP_WORDS), STOPWORD_SOURCE
+    if not os.path.isfile(spec):
+        raise FileNotFoundError(f"data.stopwords: {spec!r} is neither 'sklearn' nor a word-list file")
+    with open(spec, encoding="utf-8") as f:
+        words = frozenset(w.strip() for w in f if w.strip() and not w.lstrip().startswith("#"))
+    digest = hashlib.sha256("\n".join(sorted(words)).encode("utf-8")).hexdigest()[:16]
+    return words, f"word list {os.path.basename(spec)} ({len(words)} words, sha256 {digest})"
+
+
+def content_word_mask(words, stopwords=ENGLISH_STOP_WORDS):
     """Content-word mask M_c over normalised words (paper 2.4, eqs. 13, 15, 21): list of 0/1.
 
     A word is a content word (1) iff all hold:
-    1. it is not in sklearn's ``ENGLISH_STOP_WORDS`` (318 words; 'the', 'not', 'no' are stop words);
+    1. it is not in ``stopwords`` (default sklearn's ``ENGLISH_STOP_WORDS``, 318 words; 'the', 'not', 'no' are
+       stop words; ``data.stopwords`` chooses another list, ``load_stopwords``);
     2. it is not punctuation-only: it has at least one alphanumeric character ('$', '&', '—' -> 0);
     3. it is not number-only: it has at least one letter ('2020', '50%', 'us$5' has letters -> 1; '$5' -> 0).
     Words are compared as given (normalised captions are already lowercase, apostrophes removed).
     """
-    return [int(w not in ENGLISH_STOP_WORDS and any(c.isalpha() for c in w)) for w in words]
+    return [int(w not in stopwords and any(c.isalpha() for c in w)) for w in words]
 
 
 def content_token_mask(enc, spans, word_mask):

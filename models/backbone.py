@@ -9,13 +9,18 @@
 - ``cfa``: ``models.cfa.CFA`` -> V_hat (B, 1+N, D), T_hat (B, L, D) and the two pooled
   features v_cls, t_cls (B, D) used by eq. 1.
 
+``Backbone.set_grad_checkpointing(parts)`` (``train.grad_checkpointing``) switches activation checkpointing per part
+through each library's own switch: timm's ``set_grad_checkpointing`` (one checkpoint per ViT block), transformers'
+``activation_checkpointing_enable`` (one per RoBERTa layer) and ``CFA.grad_checkpointing`` (one per co-attention
+step), all non-reentrant. It only applies in training mode with gradients enabled.
+
 Parameter names follow METER after a fixed rename (``models/pretrained.py``): the METER keys
 ``cross_modal_*`` / ``token_type_embeddings`` live under ``cfa.``, ``text_transformer.*`` is
 unchanged and ``vit_model.visual.*`` maps onto timm names under ``vit_model.``.
 """
 from functools import partial
 
-from timm.layers import LayerNorm
+from timm.layers import LayerNorm, use_reentrant_ckpt
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from transformers import RobertaConfig, RobertaModel
@@ -63,13 +68,29 @@ class Backbone(nn.Module):
                        text_in_dim=text["hidden_size"], **cfa)
         self.grid_size = self.vit_model.patch_embed.grid_size
 
+    def set_grad_checkpointing(self, parts=()):
+        """Recompute the activations of ``parts`` (a subset of vit, text, cfa) in backward; () switches it off."""
+        unknown = sorted(set(parts) - {"vit", "text", "cfa"})
+        if unknown:
+            raise ValueError(f"grad checkpointing parts are vit, text and cfa; got {unknown}")
+        if "vit" in parts and use_reentrant_ckpt():
+            raise ValueError("timm is set to re-entrant checkpointing (TIMM_REENTRANT_CKPT), which DDP with unused "
+                             "parameters does not support; unset it")
+        self.vit_model.set_grad_checkpointing("vit" in parts)
+        if "text" in parts:
+            self.text_transformer.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            self.text_transformer.activation_checkpointing_disable()
+        self.cfa.grad_checkpointing = "cfa" in parts
+
     def encode_image(self, image):
         """(B,3,S,S) -> V = [V_cls, V_pat] (B,1+N,Dv)."""
         return self.vit_model.forward_features(image)
 
     def encode_text(self, input_ids, attention_mask):
-        """(B,L) ids and mask -> T = [T_cls, T_tok] (B,L,Dt)."""
-        return self.text_transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        """(B,L) ids and mask -> T = [T_cls, T_tok] (B,L,Dt). An encoder keeps no key/value cache (``use_cache``)."""
+        return self.text_transformer(input_ids=input_ids, attention_mask=attention_mask,
+                                     use_cache=False).last_hidden_state
 
     def forward(self, image, input_ids, attention_mask):
         v_raw, t_raw = self.encode_image(image), self.encode_text(input_ids, attention_mask)

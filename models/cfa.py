@@ -17,10 +17,15 @@ value},output.{dense,LayerNorm}}``, ``...intermediate.dense``, ``...output.{dens
 ``token_type_embeddings``. Layers are post-LN (BERT style), LayerNorm eps 1e-12, erf GELU, and
 attention runs through ``F.scaled_dot_product_attention`` with an additive key mask of
 (1 - mask) * -10000 (METER's extended attention mask); the image side is never masked.
+
+Activation checkpointing (``train.grad_checkpointing`` with ``cfa``): with ``CFA.grad_checkpointing`` set, each
+co-attention step (text layer i and image layer i together) runs under ``torch.utils.checkpoint`` (non-reentrant,
+RNG state preserved), so only the two streams entering each step are kept for backward.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 LN_EPS = 1e-12          # BertConfig default used by METER's cross layers
 MASK_VALUE = -10000.0   # METER's additive mask value for padded keys
@@ -161,11 +166,21 @@ class CFA(nn.Module):
         self.cross_modal_text_pooler = Pooler(hidden_size)
         self.cross_modal_image_pooler = Pooler(hidden_size)
         self.apply(init_meter_weights)
+        self.grad_checkpointing = False
+
+    def co_attention(self, i, x, y, text_mask, image_mask):
+        """Step i: both streams updated from the same old states -> (x, y)."""
+        text_layer, image_layer = self.cross_modal_text_layers[i], self.cross_modal_image_layers[i]
+        return text_layer(x, y, text_mask, image_mask), image_layer(y, x, image_mask, text_mask)
 
     def forward(self, v, t, text_mask, image_mask=None):
         x = self.cross_modal_text_transform(t) + self.token_type_embeddings.weight[0]
         y = self.cross_modal_image_transform(v) + self.token_type_embeddings.weight[1]
-        for text_layer, image_layer in zip(self.cross_modal_text_layers, self.cross_modal_image_layers):
-            x, y = text_layer(x, y, text_mask, image_mask), image_layer(y, x, image_mask, text_mask)
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for i in range(len(self.cross_modal_text_layers)):
+            if recompute:
+                x, y = checkpoint(self.co_attention, i, x, y, text_mask, image_mask, use_reentrant=False)
+            else:
+                x, y = self.co_attention(i, x, y, text_mask, image_mask)
         return {"v_hat": y, "t_hat": x,
                 "v_cls": self.cross_modal_image_pooler(y), "t_cls": self.cross_modal_text_pooler(x)}

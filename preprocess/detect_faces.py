@@ -1,11 +1,18 @@
 """Face-box cache: MTCNN candidate boxes C for TRPS (CIEC paper section 2.3.2 and 3.2: "the prior facial
 candidate boxes are obtained by MTCNN", n = 5 of them are used per image).
 
-Usage::
+Usage (from the repository root)::
 
-    python preprocess/detect_faces.py --data-root DIR --metadata metadata/train.json metadata/val.json \
-        metadata/test.json --out DIR/faces.json [--workers K] [--from-metadata] \
+    python preprocess/detect_faces.py        # every image of configs/ciec.yaml's train, val and test files
+    python preprocess/detect_faces.py [--config CFG] [--opts data.root=DIR ...] [--data-root DIR] \
+        [--metadata metadata/train.json ...] [--out DIR/faces.json] [--workers K] [--from-metadata] \
         [--min-face-size 20] [--thresholds 0.6 0.7 0.8] [--chunk 64]
+
+Without ``--data-root``, ``--metadata`` or ``--out``, the config (``--config``, default configs/ciec.yaml, with
+``--opts`` overrides like train.py) supplies them through ``utils.paths.data_paths``: ``data.root``, the train,
+val and test files, and ``data.root/data.face_cache``; the explicit flags win. ``--workers`` defaults to one
+detector process per CPU core (never more than the images to do), and to 1 with ``--from-metadata``.
+A missing metadata file or config ends with one ``error:`` line naming it (exit status 2).
 
 Runs MTCNN (package ``mtcnn``, TensorFlow; imported lazily, only here) once on every distinct image that the
 metadata names and writes the cache with ``preprocess/cache_io.py``::
@@ -21,6 +28,9 @@ them): scores are 1.0, 0.99, 0.98, ... in list order (the metadata has no scores
 the metadata order. Resumable: a rerun skips images already in ``entries`` (images in ``errors`` are retried);
 the cache is saved atomically after every chunk, so a kill loses at most the chunk in flight. Unreadable
 images are recorded in ``errors`` and summarised at the end; they are not fatal.
+
+``init_detector`` + ``detect`` (with ``DEFAULT_MIN_FACE_SIZE`` and ``DEFAULT_THRESHOLDS``) are also what infer.py
+runs on a user's photo, so its candidate boxes are found exactly as the cache's.
 """
 import argparse
 import collections
@@ -37,32 +47,41 @@ from tqdm import tqdm  # noqa: E402
 
 from datasets.records import RecordError, load_metadata, read_image, read_image_sized  # noqa: E402
 from preprocess.cache_io import load_cache, make_header, save_cache  # noqa: E402
+from utils.paths import add_config_args, exit_on_missing, require_metadata, resolve_preprocess_args  # noqa: E402
 
 DEFAULT_THRESHOLDS = (0.6, 0.7, 0.8)  # mtcnn 1.0.0 defaults for PNet, RNet, ONet
+DEFAULT_MIN_FACE_SIZE = 20
 _WORKER = {}  # per-process detector state
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="MTCNN face-box cache for CIEC's candidate boxes")
-    p.add_argument("--data-root", required=True, help="folder that record image paths are relative to")
-    p.add_argument("--metadata", nargs="+", required=True, help="metadata JSON files (relative to --data-root)")
-    p.add_argument("--out", required=True, help="cache file (JSON)")
-    p.add_argument("--workers", type=int, default=1, help="detector processes (1: run in this process)")
+    add_config_args(p, out_help="cache file (JSON; default data.root/data.face_cache)")
+    p.add_argument("--workers", type=int, default=None, help="detector processes (1: run in this process; "
+                   "default: one per CPU core, 1 with --from-metadata)")
     p.add_argument("--from-metadata", action="store_true", help="use the records' mtcnn_boxes, no detector")
-    p.add_argument("--min-face-size", type=int, default=20)
+    p.add_argument("--min-face-size", type=int, default=DEFAULT_MIN_FACE_SIZE)
     p.add_argument("--thresholds", type=float, nargs=3, default=list(DEFAULT_THRESHOLDS),
                    metavar=("PNET", "RNET", "ONET"))
     p.add_argument("--chunk", type=int, default=64, help="images per saved chunk")
     p.add_argument("--on-bad-record", choices=("fail", "skip"), default="skip",
                    help="invalid metadata records: stop, or skip them (counted)")
-    return p.parse_args(argv)
+    return resolve_preprocess_args(p.parse_args(argv), "face_cache")
+
+
+def cpu_cores():
+    """CPU cores this process may run on (the affinity mask where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Per-image work (runs in worker processes)
 # ---------------------------------------------------------------------------------------------------------------
-def init_detector(min_face_size, thresholds, threads=0):
-    """Import mtcnn (and TensorFlow) and build one detector for this process."""
+def init_detector(min_face_size=DEFAULT_MIN_FACE_SIZE, thresholds=DEFAULT_THRESHOLDS, threads=0):
+    """Import mtcnn (and TensorFlow) and build one detector for this process; a no-op when one with the same
+    settings exists already (infer.py calls it once per run, the cache's workers once per process)."""
+    if _WORKER.get("min_face_size") == min_face_size and _WORKER.get("thresholds") == tuple(thresholds):
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     import tensorflow as tf
@@ -83,7 +102,8 @@ def mtcnn_version():
 
 
 def detect(image):
-    """MTCNN on one RGB uint8 array: (boxes [[x1,y1,x2,y2] ints, clipped], scores), best first."""
+    """MTCNN on one RGB uint8 array (H, W, 3): (boxes [[x1,y1,x2,y2] ints, clipped], scores), best first.
+    The one detection function of the face cache and of infer.py (``init_detector`` first)."""
     p, r, o = _WORKER["thresholds"]
     faces = _WORKER["detector"].detect_faces(image, box_format="xyxy", min_face_size=_WORKER["min_face_size"],
                                              threshold_pnet=p, threshold_rnet=r, threshold_onet=o)
@@ -150,7 +170,7 @@ def run_chunks(pending, args, header, entries, errors):
     pool = None
     if args.workers > 1:
         import multiprocessing as mp
-        threads = max(1, (os.cpu_count() or 1) // args.workers)
+        threads = max(1, cpu_cores() // args.workers)
         pool = mp.get_context("spawn").Pool(args.workers, initializer=None if args.from_metadata else init_detector,
                                             initargs=() if args.from_metadata else
                                             (args.min_face_size, args.thresholds, threads))
@@ -194,6 +214,8 @@ def summarise_errors(errors):
 def main(argv=None):
     """Build or continue the cache; returns a summary dict (counts and seconds per image)."""
     args = parse_args(argv)
+    t_start = time.perf_counter()
+    require_metadata(args.data_root, args.metadata)
     records, skipped = load_metadata(args.data_root, args.metadata, on_bad=args.on_bad_record)
     images = distinct_images(records)
     header = cache_header(args)
@@ -203,22 +225,26 @@ def main(argv=None):
         header = {**old_header, "metadata": sorted(set(old_header.get("metadata", [])) | set(args.metadata))}
     pending = [(k, os.path.join(args.data_root, k), rec, args.from_metadata)
                for k, rec in images.items() if k not in entries]
+    if args.workers is None:
+        args.workers = 1 if args.from_metadata else cpu_cores()
+    args.workers = max(1, min(args.workers, len(pending)))
     print(f"[faces] {len(images)} distinct images; {len(images) - len(pending)} already in {args.out}; "
-          f"{len(pending)} to do with {'metadata mtcnn_boxes' if args.from_metadata else 'MTCNN'}")
-    seconds = 0.0
+          f"{len(pending)} to do with {'metadata mtcnn_boxes' if args.from_metadata else 'MTCNN'}, "
+          f"{args.workers} worker(s)")
+    seconds, verb = 0.0, "wrote" if pending or not os.path.exists(args.out) else "nothing new for"
     if pending:
         seconds = run_chunks(pending, args, header, entries, errors)
-    elif not os.path.exists(args.out):
+    elif verb == "wrote":
         save_cache(args.out, header, entries, errors)
     per_image = seconds / len(pending) if pending else 0.0
     done = sum(1 for k in images if k in entries)
-    print(f"[faces] done: {done}/{len(images)} images in the cache, {len(errors)} errors; "
-          f"{seconds:.1f} s for {len(pending)} images after start-up ({per_image:.3f} s/image, "
-          f"{args.workers} worker(s))")
+    print(f"[faces] {verb} {args.out}: {done}/{len(images)} images in the cache, {len(errors)} errors, in "
+          f"{time.perf_counter() - t_start:.1f} s ({seconds:.1f} s for {len(pending)} images after start-up, "
+          f"{per_image:.3f} s/image)")
     summarise_errors(errors)
     return {"images": len(images), "processed": len(pending), "skipped": len(images) - len(pending),
             "errors": len(errors), "seconds_per_image": per_image, "skipped_records": dict(skipped)}
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_missing(main)

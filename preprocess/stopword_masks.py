@@ -1,8 +1,11 @@
-"""Content-word masks per record: the M_c of CIEC's anomaly-aware loss (paper section 2.4.3, eqs. 19-20).
+"""Content-word masks per record: the M_c of CIEC's text branch (paper section 2.4, eqs. 13,
+15 and 21; also the token set of L_Asc, eqs. 18-20).
 
 For every record, the normalised caption (``datasets.text.normalize_caption`` with NO word cap, so one cache
 serves any ``data.max_words``) is split on spaces and each word gets 1 (content word) or 0 (stop word,
-punctuation-only or number-only; rules in ``datasets.text.content_word_mask``). The cache (format in
+punctuation-only or number-only; rules in ``datasets.text.content_word_mask``; the stop-word list is
+``--stopwords`` / ``data.stopwords``: "sklearn" or a word-list file, ``datasets.text.load_stopwords``). The cache
+header records the list's source id; a cache made with another list is refused (here and by the dataset). The cache (format in
 preprocess/cache_io.py) has ``kind "stopwords"`` and entries keyed by ``str(record id)``:
 ``{"mask": [0/1 per normalised word], "n_words": k}``. The dataset maps the word mask to tokens by offsets.
 
@@ -11,32 +14,47 @@ Two records with the same id but different captions are an error (the cache key 
 
 Usage (from the repository root)::
 
-    python preprocess/stopword_masks.py --data-root data/DGM4 --metadata metadata/train.json \
-        metadata/val.json metadata/test.json --out data/DGM4/stopwords.json
+    python preprocess/stopword_masks.py      # every record of configs/ciec.yaml's train, val and test files
+    python preprocess/stopword_masks.py [--config CFG] [--opts ...] [--data-root data] \
+        [--metadata DGM4/metadata/train.json ...] [--out data/DGM4/stopwords.json]
+
+Flags not given come from the config (default configs/ciec.yaml, ``--opts`` as in train.py) through
+``utils.paths.data_paths``: ``data.root``, the train, val and test files, ``data.root/data.stopword_cache``.
+A missing metadata file or config ends with one ``error:`` line naming it (exit status 2).
 """
 import argparse
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tqdm import tqdm  # noqa: E402
 
 from datasets.records import RecordError, load_metadata  # noqa: E402
-from datasets.text import CONTENT_RULES, STOPWORD_SOURCE, content_word_mask, normalize_caption  # noqa: E402
+from datasets.text import CONTENT_RULES, STOPWORD_SOURCE, content_word_mask, load_stopwords, normalize_caption  # noqa: E402
 from preprocess.cache_io import load_cache, make_header, save_cache  # noqa: E402
+from utils.config import load_config  # noqa: E402
+from utils.paths import add_config_args, exit_on_missing, require_metadata, resolve_preprocess_args  # noqa: E402
 
 
-def mask_entry(text):
+def mask_entry(text, stopwords=None):
     """Cache entry for one raw caption: ``{"mask": [...], "n_words": k}`` over the uncapped normalised words."""
     words = normalize_caption(text, None).split(" ")
-    return {"mask": content_word_mask(words), "n_words": len(words)}
+    mask = content_word_mask(words) if stopwords is None else content_word_mask(words, stopwords)
+    return {"mask": mask, "n_words": len(words)}
 
 
-def build_masks(records, out, chunk=10000, progress=True):
-    """Add the entries of ``records`` missing from the cache at ``out``; returns ``(n_new, n_total)``."""
+def build_masks(records, out, chunk=10000, progress=True, stopwords="sklearn"):
+    """Add the entries of ``records`` missing from the cache at ``out`` (``stopwords``: "sklearn" or a word-list
+    file); returns ``(n_new, n_total)``. A cache made with another stop-word list raises ValueError."""
+    words, source = load_stopwords(stopwords)
     header, entries, errors = load_cache(out, "stopwords")
-    header = make_header("stopwords", stopword_source=STOPWORD_SOURCE, rules=CONTENT_RULES, max_words=None,
+    old = header.get("stopword_source", STOPWORD_SOURCE)
+    if entries and old != source:
+        raise ValueError(f"{out} was made with the stop-word list '{old}', this run uses '{source}': delete it "
+                         f"(or write elsewhere with --out) to rebuild every entry with the new list")
+    header = make_header("stopwords", stopword_source=source, rules=CONTENT_RULES, max_words=None,
                          resumed_from=header.get("created"))
     captions = {}
     for rec in records:
@@ -47,7 +65,7 @@ def build_masks(records, out, chunk=10000, progress=True):
         captions[key] = rec["text"]
     todo = [key for key in captions if key not in entries]
     for n, key in enumerate(tqdm(todo, desc="stop-word masks", disable=not progress), 1):
-        entries[key] = mask_entry(captions[key])
+        entries[key] = mask_entry(captions[key], words)
         if n % chunk == 0:
             save_cache(out, header, entries, errors)
     save_cache(out, header, entries, errors)
@@ -56,16 +74,21 @@ def build_masks(records, out, chunk=10000, progress=True):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="content-word masks per record id (stop-word cache)")
-    parser.add_argument("--data-root", required=True)
-    parser.add_argument("--metadata", nargs="+", required=True, help="metadata JSON files relative to --data-root")
-    parser.add_argument("--out", required=True, help="cache JSON file")
+    add_config_args(parser, out_help="cache JSON file (default data.root/data.stopword_cache)")
     parser.add_argument("--chunk", type=int, default=10000, help="records between atomic saves")
     parser.add_argument("--on-bad", choices=["fail", "skip"], default="fail")
-    args = parser.parse_args(argv)
+    parser.add_argument("--stopwords", default=None, help="'sklearn' or a word-list file (default: the config's "
+                        "data.stopwords when a config is read, else 'sklearn')")
+    args = resolve_preprocess_args(parser.parse_args(argv), "stopword_cache")
+    if args.stopwords is None:
+        args.stopwords = load_config(args.config, args.opts)["data"]["stopwords"] if args.config else "sklearn"
+    t_start = time.perf_counter()
+    require_metadata(args.data_root, args.metadata)
     records, _ = load_metadata(args.data_root, args.metadata, on_bad=args.on_bad)
-    n_new, n_total = build_masks(records, args.out, chunk=args.chunk)
-    print(f"[stopwords] {n_new} new entries, {n_total} in {args.out}")
+    n_new, n_total = build_masks(records, args.out, chunk=args.chunk, stopwords=args.stopwords)
+    print(f"[stopwords] wrote {args.out}: {n_new} new entries, {n_total} in the cache, in "
+          f"{time.perf_counter() - t_start:.1f} s")
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_missing(main)

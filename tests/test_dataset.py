@@ -243,6 +243,31 @@ def test_stopword_cli_script_and_resume(tmp_path):
     assert entries["10"]["mask"] == [9] * 7 and set(entries) == {"10", "11", "12", "13"}
 
 
+def test_stopword_list_is_a_choice_recorded_in_the_cache(tmp_path, tok):
+    """data.stopwords: a word-list file changes M_c; a cache made with another list is refused by the dataset and
+    by a resumed preprocess run, naming both lists."""
+    recs = make_records()
+    write_bench(tmp_path, recs)      # cache made with sklearn's list
+    words = tmp_path / "stop.txt"
+    words.write_text("# keep negations and numerals as content words\nthe\nwon\n")
+    tok.save_pretrained(str(tmp_path / "tok"))
+    cfg = merge(DEFAULTS, {"data": {"root": str(tmp_path), "test_files": ["meta.json"], "tokenizer": str(tmp_path / "tok"),
+                                    "face_cache": "faces.json", "stopword_cache": "stopwords.json",
+                                    "image_size": 32, "max_len": 20, "num_boxes": 2, "stopwords": str(words)}})
+    with pytest.raises(ValueError, match=r"made with the list 'sklearn ENGLISH_STOP_WORDS'.*word list stop.txt"):
+        build_dataset(cfg, "test")
+    with pytest.raises(ValueError, match="delete it"):
+        build_masks([dict(r, _file="meta.json") for r in recs], str(tmp_path / "stopwords.json"), progress=False,
+                    stopwords=str(words))
+    os.remove(tmp_path / "stopwords.json")
+    build_masks([dict(r, _file="meta.json") for r in recs], str(tmp_path / "stopwords.json"), progress=False,
+                stopwords=str(words))
+    header, entries, _ = load_cache(str(tmp_path / "stopwords.json"), "stopwords")
+    assert header["stopword_source"].startswith("word list stop.txt (2 words, sha256 ")
+    assert entries["10"]["mask"] == [0, 1, 1, 1, 0, 0, 1]  # the bulmer rizzi family won the award: stop = the, won
+    assert len(build_dataset(cfg, "test")) == len(recs)
+
+
 def test_train_tokenizer_cli(tmp_path, capsys):
     write_bench(tmp_path, make_records())
     train_tokenizer_main(["--data-root", str(tmp_path), "--metadata", "meta.json", "--out", str(tmp_path / "t"),

@@ -202,3 +202,18 @@ def test_two_process_gloo_synchronize(tmp_path):
         assert res["tensors"] == [0.0, 0.0, 1.0]
         assert res["reduced"] == pytest.approx({"a": 1.0, "b": 0.5})
     assert not np.isnan(results[0]["metrics"]["AUC"])
+
+
+def test_predictions_keep_real_candidates_and_their_scores():
+    """cand_boxes / box_scores of a record: the real candidates only (cand_mask), in the batch's order."""
+    outputs, batch = make_batch(SAMPLES[:2])
+    batch["cand_boxes"] = torch.tensor([[BOX_A, BOX_B, ZERO], [BOX_B, ZERO, ZERO]])
+    batch["cand_mask"] = torch.tensor([[True, True, False], [True, False, False]])
+    outputs["box_scores"] = torch.tensor([[0.25, 0.75, -1.0e4], [0.5, -1.0e4, -1.0e4]])
+    ev = DGM4Evaluator()
+    ev.update(outputs, batch)
+    recs = ev.predictions()
+    np.testing.assert_allclose(recs[0]["cand_boxes"], [BOX_A, BOX_B], rtol=1e-6)
+    np.testing.assert_allclose(recs[1]["cand_boxes"], [BOX_B], rtol=1e-6)
+    assert recs[0]["box_scores"] == [0.25, 0.75] and recs[1]["box_scores"] == [0.5]
+    json.dumps(recs, allow_nan=False)

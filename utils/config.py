@@ -5,7 +5,8 @@ A config is a plain nested dict. ``load_config(path, opts)`` merges the YAML fil
 validates the result: unknown keys raise, and every value must have the type of its default
 (ints are accepted where floats are expected; ``None`` defaults accept anything). Strings that
 look like numbers (PyYAML reads ``1e-5`` as the string "1e-5") are converted where the
-default is a float.
+default is a float. Keys listed in ``VALIDATORS`` (``train.grad_checkpointing``: a name or a list)
+are checked by their own function instead.
 """
 import ast
 import copy
@@ -23,6 +24,7 @@ DEFAULTS = {
         "test_files": ["DGM4/metadata/test.json"],
         "face_cache": "DGM4/faces.json",      # relative to root (preprocess/detect_faces.py)
         "stopword_cache": "DGM4/stopwords.json",  # relative to root (preprocess/stopword_masks.py)
+        "stopwords": "sklearn",               # M_c's stop-word list: sklearn's 318 words, or a word-list file
         "tokenizer": "checkpoints/roberta-base",  # local folder, RoBERTa-style fast tokenizer
         "image_size": 256,                    # section 3.2
         "max_len": 50,                        # section 3.2: text padded to 50 tokens
@@ -85,6 +87,7 @@ DEFAULTS = {
         "epochs": 50,
         "batch_size": 32,                     # per GPU (8 GPUs -> 256)
         "accum_steps": 1,
+        "grad_checkpointing": "none",         # none | vit | text | cfa | all, or a list such as [vit, cfa]
         "lr": 1.0e-5,
         "backbone_lr_scale": 1.0,             # train.py: lr factor of model.backbone's parameters (1.0: the paper)
         "min_lr": 1.0e-6,
@@ -151,6 +154,33 @@ def _coerce(value, default, key):
     return value
 
 
+GRAD_CHECKPOINTING_PARTS = ("vit", "text", "cfa")
+
+
+def grad_checkpointing_parts(value):
+    """``train.grad_checkpointing`` -> the tuple of parts whose activations are recomputed in backward.
+
+    "none" -> (), "all" -> ("vit", "text", "cfa"), "vit" -> ("vit",), ["vit", "cfa"] -> ("vit", "cfa") (in the
+    order of ``GRAD_CHECKPOINTING_PARTS``). Anything else raises ValueError naming the allowed values.
+    """
+    allowed = ("none", "all", *GRAD_CHECKPOINTING_PARTS)
+    if isinstance(value, list):
+        ok = bool(value) and all(isinstance(v, str) and v in GRAD_CHECKPOINTING_PARTS for v in value)
+    else:
+        ok = isinstance(value, str) and value in allowed
+    if not ok:
+        raise ValueError(f"config key train.grad_checkpointing: expected one of {allowed} or a non-empty list of "
+                         f"{GRAD_CHECKPOINTING_PARTS}, got {value!r}")
+    names = value if isinstance(value, list) else [value]
+    if "all" in names:
+        return GRAD_CHECKPOINTING_PARTS
+    return tuple(p for p in GRAD_CHECKPOINTING_PARTS if p in names)
+
+
+# keys whose value is checked by a function of their own instead of by the type of their default
+VALIDATORS = {"train.grad_checkpointing": grad_checkpointing_parts}
+
+
 def merge(base, override, prefix=""):
     """Recursively merge ``override`` into a copy of ``base``; unknown keys raise KeyError."""
     out = copy.deepcopy(base)
@@ -162,6 +192,9 @@ def merge(base, override, prefix=""):
             if not isinstance(value, dict):
                 raise TypeError(f"config key {path}: expected a mapping, got {value!r}")
             out[key] = merge(base[key], value, prefix=path + ".")
+        elif path in VALIDATORS:
+            VALIDATORS[path](value)  # raises on a bad value
+            out[key] = value
         else:
             out[key] = _coerce(value, base[key], path)
     return out
@@ -225,8 +258,11 @@ def save_config(cfg, path):
 
 # Keys a resumed run may change: where and how often things are written, loader workers, the device and the
 # evaluation settings. Everything else defines the run (data, model, losses, optimisation, schedule).
+# train.grad_checkpointing only trades compute for memory: the recomputation replays the same operations with the
+# same RNG state (torch.utils.checkpoint's preserve_rng_state), so the losses, gradients and RNG stream are those of
+# the run without it (tests/test_grad_checkpointing.py).
 RESUMABLE_CHANGES = ("data.num_workers", "train.output_dir", "train.log_every", "train.save_every_steps",
-                     "train.device", "eval.batch_size", "eval.split")
+                     "train.device", "train.grad_checkpointing", "eval.batch_size", "eval.split")
 
 
 def flatten(values, prefix="", sep="."):

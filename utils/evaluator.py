@@ -9,7 +9,9 @@ Per sample the evaluator keeps (on the CPU): ``index``, ``id``, ``fake_cls``, ``
 ``outputs["p_bin"]``, ``label`` = ``batch["y_m"]``, ``pred_box``/``gt_box`` (normalised cxcywh), and, per
 token position AFTER the start token (the benchmark's ``[:, 1:]`` slice), ``token_pred``, ``token_label``
 (benchmark rule, -100 where ignored) and ``token_label_clean``; plus ``v_coarse``, ``v_fine``, ``t_coarse``,
-``t_fine`` when the model outputs them.
+``t_fine`` when the model outputs them, and ``cand_boxes`` / ``box_scores`` (the real candidates, normalised
+cxcywh, and their S^v, in the batch's order; NaN marks padding) when the model outputs ``box_scores`` and the batch
+has ``cand_boxes`` and ``cand_mask`` (test.py --visualize draws them).
 
 ``summarize()`` returns (rates in PERCENT, counts as ints)::
 
@@ -111,6 +113,10 @@ class DGM4Evaluator:
         loc["token_label_clean"].append(_np(batch["token_label_clean"][:, 1:], np.int16))
         for key in self._aux:
             loc[key].append(_np(outputs[key], np.float64))
+        if "box_scores" in outputs and "cand_mask" in batch and "cand_boxes" in batch:  # NaN: padding
+            valid = _np(batch["cand_mask"], bool)
+            loc["box_scores"].append(np.where(valid, _np(outputs["box_scores"], np.float64), np.nan))
+            loc["cand_boxes"].append(np.where(valid[..., None], _np(batch["cand_boxes"], np.float64), np.nan))
         loc["id"].append(list(batch["id"]))
         loc["fake_cls"].append(list(batch["fake_cls"]))
         loc["caption"].append(list(batch.get("caption", [""] * len(batch["id"]))))
@@ -194,6 +200,10 @@ class DGM4Evaluator:
                    "pred_box": d["pred_box"][i].tolist(), "gt_box": d["gt_box"][i].tolist()}
             rec.update({k: d[k][i, :n].tolist() for k in TOKEN_KEYS})
             rec.update({k: float(d[k][i]) for k in self._aux or ()})
+            if "box_scores" in d:
+                real = np.isfinite(d["box_scores"][i])
+                rec["cand_boxes"] = d["cand_boxes"][i][real].tolist()
+                rec["box_scores"] = d["box_scores"][i][real].tolist()
             records.append(rec)
         return records
 

@@ -8,6 +8,8 @@
 - ``check_finite(losses, state)``: every rank stops (exit 3) before anything is written when a loss is not finite.
 - ``save_state(path, model, optimizer, scaler, cfg, state, identity)``: collective; rank 0 writes the checkpoint
   (model, optimizer, scaler, every rank's RNG, the resolved config, the loop ``state`` and ``identity``).
+- ``save_best(path, model, cfg, state, identity)``: collective; rank 0 writes a weights checkpoint (model, config,
+  ``identity``, epoch, global step, best metric) for evaluation: no optimizer, scaler or RNG (``best_payload``).
 - ``clear_if_stale(...)``: the opt-in alternative to that refusal (``--restart-if-stale``): delete and start over.
 - ``resume_state(out, model, optimizer, scaler, cfg, identity)``: restores all of it from ``<out>/last.pth`` and
   returns the loop state ({epoch, step_in_epoch, global_step, best_metric}); it refuses (SystemExit naming the
@@ -26,12 +28,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from utils import dist
-from utils.checkpoint import find_resume, gather_rng_states, load_checkpoint, save_checkpoint, saved_world_size
+from utils.checkpoint import (atomic_torch_save, checkpoint_payload, find_resume, gather_rng_states, load_checkpoint,
+                              saved_world_size, weights_payload)
 from utils.config import resume_conflicts
 from utils.schedule import lr_at, set_lr
 from utils.training import amp_context, seed_everything
 
 LOOP_STATE = ("epoch", "step_in_epoch", "global_step", "best_metric")
+BEST_STATE = ("epoch", "global_step", "best_metric")  # what a weights checkpoint keeps of the loop state
 
 
 def start_run(cfg):
@@ -72,12 +76,30 @@ def check_finite(losses, state):
         sys.exit(3)
 
 
+def resume_payload(model, optimizer, scaler, cfg, state, identity=None, rng=None):
+    """What ``save_state`` writes (``rng``: every rank's RNG states; None: this process's)."""
+    extra = {} if rng is None else {"rng": rng}
+    return checkpoint_payload(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
+                              scaler=scaler.state_dict(), config=cfg, identity=dict(identity or {}),
+                              **extra, **{k: state[k] for k in LOOP_STATE})
+
+
+def best_payload(model, cfg, state, identity=None):
+    """What ``save_best`` writes: weights and what evaluation reads, nothing that only resuming needs."""
+    return weights_payload(unwrap(model), config=cfg, identity=dict(identity or {}),
+                           **{k: state[k] for k in BEST_STATE})
+
+
 def save_state(path, model, optimizer, scaler, cfg, state, identity=None):
     rng = gather_rng_states()  # collective: every rank's RNG, for an exact per-rank resume
     if dist.is_main():
-        save_checkpoint(str(path), model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
-                        scaler=scaler.state_dict(), rng=rng, config=cfg, identity=dict(identity or {}),
-                        **{k: state[k] for k in LOOP_STATE})
+        atomic_torch_save(resume_payload(model, optimizer, scaler, cfg, state, identity, rng), str(path))
+    dist.barrier()
+
+
+def save_best(path, model, cfg, state, identity=None):
+    if dist.is_main():
+        atomic_torch_save(best_payload(model, cfg, state, identity), str(path))
     dist.barrier()
 
 
