@@ -78,7 +78,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     args.out = os.path.abspath(args.out)
-    setting = {"config": args.config, "opts": list(args.opts), "seeds": args.seeds, "rows": args.rows}
+    setting = {"config": args.config, "opts": list(args.opts), "seeds": args.seeds}
     if not args.report_only:
         start = time.time()
         for seed in args.seeds:      # every row once before the second seed: a short study still covers the tables

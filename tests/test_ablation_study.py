@@ -42,7 +42,7 @@ def test_directions_and_cells(tmp_path):
     assert direction(runs, "wo_bsc", "IoU75") == "IoU75: not run yet"
     page = render(runs, {"config": "c.yaml", "opts": [], "seeds": [0, 1]})
     assert "| w/o L^v_Fine | " in page and "42.00 ± 2.83 (47.22)" in page
-    assert "5 of 24 runs finished" not in page and "7 of 24 runs finished" in page
+    assert "7 of 24 runs (every row x seed) finished" in page
 
 
 def test_study_runs_resumes_and_writes_the_page(tiny_benchmark, tmp_path):
@@ -61,7 +61,7 @@ def test_study_runs_resumes_and_writes_the_page(tiny_benchmark, tmp_path):
     cfg = (out / "wo_image_aid" / "seed0" / "config.yaml").read_text()
     assert "image_aid: false" in cfg and "scc: 0.0" in cfg
     page = results.read_text()
-    assert "2 of 2 runs finished" in page and "| w/o Image-aid | " in page
+    assert "2 of 12 runs (every row x seed) finished" in page and "| w/o Image-aid | " in page
     # a killed study: the second run's record is gone -> only that run is redone (train.py resumes from last.pth)
     os.remove(out / "wo_image_aid" / "seed0" / "run.json")
     second = run_script(*args, timeout=900)
