@@ -23,7 +23,8 @@ from models import build_model
 from utils import dist
 from utils.checkpoint import load_checkpoint
 from utils.evaluator import evaluate
-from utils.paths import check_inputs, exit_on_missing, load_entry_config
+from utils.config import eval_conflicts
+from utils.paths import BadInputError, check_inputs, exit_on_missing, load_entry_config
 from utils.report import format_report, json_safe, write_predictions
 from utils.visualize import render_predictions
 
@@ -53,7 +54,7 @@ def main(args):
                         num_workers=cfg["data"]["num_workers"], collate_fn=collate,
                         pin_memory=torch.cuda.is_available())
     model = build_model(cfg, pad_token_id=tokenizer.pad_token_id)
-    ckpt = load_checkpoint(ckpt_path, model=model, strict=True)
+    ckpt = load_checkpoint(ckpt_path, model=model, strict=True, check=lambda s: check_trained_config(ckpt_path, s, cfg))
     model.to(device)
     print(f"checkpoint {ckpt_path} (epoch {ckpt.get('epoch')}, global step {ckpt.get('global_step')}); "
           f"split {split}: {len(dataset)} samples")
@@ -73,6 +74,19 @@ def main(args):
             render_predictions(dataset, predictions, args.visualize, os.path.join(out, "vis"))
         print(f"wrote {out}/metrics.json and predictions.jsonl")
     dist.cleanup()
+
+
+def check_trained_config(path, state, cfg):
+    """Refuse a checkpoint trained with another model or input config (utils.config.eval_conflicts), naming the keys
+    (before any weight is loaded, so a shape mismatch never shows as a raw size-mismatch dump)."""
+    saved = state.get("config")
+    if saved is None:
+        raise BadInputError(f"checkpoint {path} stores no training config: not a checkpoint of train.py")
+    conflicts = eval_conflicts(saved, cfg)
+    if conflicts:
+        listed = "; ".join(f"{k}: trained {a!r}, now {b!r}" for k, a, b in ((k, *v) for k, v in conflicts.items()))
+        raise BadInputError(f"checkpoint {path} was trained with another config ({listed}); evaluate it with its "
+                            f"training config (train.output_dir/config.yaml), changing only evaluation-time settings")
 
 
 if __name__ == "__main__":

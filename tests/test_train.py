@@ -59,6 +59,17 @@ def test_train_then_test_smoke(tiny_benchmark, tmp_path):
     assert "train.lr: checkpoint" in other.stderr and "0.123" in other.stderr
     with open(os.path.join(out, "config.yaml")) as f:
         assert f.read() == before  # the refused run left the output folder as it was
+    # test.py refuses a model or input setting that differs from training, before any weight is loaded ...
+    bad = subprocess.run([sys.executable, "test.py", "--config", "configs/debug.yaml", "--out", str(tmp_path / "e2"),
+                          "--opts", *tiny_opts(tiny_benchmark, out), "model.vctg.proj_dim=8", "data.max_len=30"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and not (tmp_path / "e2").exists()
+    assert "trained with another config (data.max_len: trained 40, now 30; model.vctg.proj_dim: trained 16, now 8)" \
+        in bad.stderr
+    # ... and accepts evaluation-time settings (the token gate off, other workers, another lr in train.*)
+    run_script("test.py", "--config", "configs/debug.yaml", "--out", str(tmp_path / "e3"), "--opts",
+               *tiny_opts(tiny_benchmark, out), "model.vctg.gate_tokens_by_text=False", "train.lr=0.5")
+    assert (tmp_path / "e3" / "metrics.json").exists()
 
 
 def test_two_ranks_match_one_rank_with_accumulation(tiny_benchmark, tmp_path):

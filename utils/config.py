@@ -276,6 +276,25 @@ def flatten(values, prefix="", sep="."):
     return flat
 
 
+# test.py: what may differ between the config a checkpoint was trained with and the config it is evaluated under.
+# Everything else (model.*, data.image_size / max_len / max_words / num_boxes / stopwords, ...) changes the model or
+# what it is fed, and is refused. The two VCTG keys are read-outs of the same scores (the README's gate on/off table).
+EVAL_TIME_SECTIONS = ("train.", "loss.", "eval.", "pretrained.", "pretrain.")
+EVAL_TIME_KEYS = ("data.root", "data.train_files", "data.val_files", "data.test_files", "data.face_cache",
+                  "data.stopword_cache", "data.tokenizer", "data.num_workers", "data.on_bad_record",
+                  "data.check_images", "data.box_tolerance", "data.jpeg_draft",
+                  "model.vctg.gate_tokens_by_text", "model.vctg.token_threshold")
+
+
+def eval_conflicts(saved, current):
+    """``{key: (trained, now)}`` of the keys outside the evaluation-time settings that differ between a checkpoint's
+    config and the evaluation config (a key the checkpoint lacks counts as its default)."""
+    defaults = flatten(DEFAULTS)
+    old, new = {**defaults, **flatten(saved)}, flatten(current)
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k) and k not in EVAL_TIME_KEYS and not k.startswith(EVAL_TIME_SECTIONS)}
+
+
 def resume_conflicts(saved, current, saved_world=None, world=None):
     """Dotted keys (outside RESUMABLE_CHANGES) whose values differ between a checkpoint's config and the current
     one, as ``{key: (saved, current)}``; empty when the run may continue. Given both world sizes, a new split of
