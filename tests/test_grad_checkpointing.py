@@ -10,13 +10,13 @@ kinds (utils/checkpoint.py, utils/loop.py): issue 13.
 - best.pth holds weights, config and fingerprints but no optimizer state, test.py reads it, last.pth still resumes.
 """
 import copy
-import json
 import os
 
 import pytest
 import torch
 
 from tests.conftest import run_script, tiny_opts
+from tests.test_train import _losses, _train
 from utils.checkpoint import load_checkpoint, serialized_nbytes
 from utils.config import grad_checkpointing_parts, load_config
 from utils.memory import SavedTensorMeter
@@ -145,18 +145,6 @@ def test_dropout_masks_and_rng_stream_are_those_of_none():
     for n in grads:
         torch.testing.assert_close(grads[n], ref_grads[n], atol=1e-5, rtol=1e-5, msg=n)
     assert torch.equal(nxt, ref_next)
-
-
-def _train(bench, out, *extra, launcher=None):
-    args = ["train.py", "--config", "configs/debug.yaml", "--opts", *tiny_opts(bench, out), *extra]
-    if launcher is None:
-        return run_script(*args)
-    return run_script("-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={launcher}", *args)
-
-
-def _losses(out):
-    rows = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
-    return {r["global_step"]: r["train/loss"] for r in rows if "lr" in r}
 
 
 def test_two_ranks_with_checkpointing_match_one_rank_with_accumulation(tiny_benchmark, tmp_path):
