@@ -34,15 +34,18 @@ def test_directions_and_cells(tmp_path):
     fake_run(out, "wo_asc", 0, F1=45.0)                # paper: F1 down, ours up, one seed
     fake_run(out, "wo_scc", 0, F1=40.5)
     fake_run(out, "wo_scc", 1, F1=41.0)                # down by 0.25, inside the seeds' spread
+    fake_run(out, "baseline", 0, F1=41.0)
+    fake_run(out, "baseline", 1, F1=41.0)              # paper: below the full model; ours equal
     runs = load_runs(out)
     assert direction(runs, "wo_v_fine", "IoU_mean") == \
         "IoU_mean 81.00 -> 42.00 (-39.00; paper 83.49 -> 47.22): holds"
     assert direction(runs, "wo_asc", "F1").endswith("does NOT hold (one seed: spread unknown)")
     assert direction(runs, "wo_scc", "F1").endswith("holds (within seed spread)")
     assert direction(runs, "wo_bsc", "IoU75") == "IoU75: not run yet"
+    assert "does NOT hold (no change)" in direction(runs, "baseline", "F1")
     page = render(runs, {"config": "c.yaml", "opts": [], "seeds": [0, 1]})
     assert "| w/o L^v_Fine | " in page and "42.00 ± 2.83 (47.22)" in page
-    assert "7 of 24 runs (every row x seed) finished" in page
+    assert "9 of 24 runs (every row x seed) finished" in page
 
 
 def test_study_runs_resumes_and_writes_the_page(tiny_benchmark, tmp_path):

@@ -4,7 +4,7 @@ baseline, from the runs' ``eval_test/metrics.json`` (test.py's Table 1 keys, per
 Cells are "mean ± sample sd over seeds (paper)". The paper prints the middle columns of Tables 2-3 as "EER, ACC"
 but the numbers are ACC, EER (docs/implementation_notes.md, Part 1): ``PAPER`` stores them under their true keys.
 A row's direction holds when its change against the full model (same seeds' mean) has the sign of the paper's
-change on the metric the paper's text discusses (``CHECKS``); it is "within seed spread" when the change is not
+change on the metric the paper's text discusses (``CHECKS``; no change at all does not hold); it is "within seed spread" when the change is not
 larger than the combined sample sd of the two rows.
 """
 import json
@@ -82,7 +82,7 @@ def direction(runs, row, key):
     better_is_lower = key == "EER"
     holds = (delta > 0) == (paper_delta > 0) if not better_is_lower else (delta < 0) == (paper_delta < 0)
     spread = math.hypot(ours[1], full[1]) if ours[1] is not None and full[1] is not None else None
-    verdict = "holds" if holds else "does NOT hold"
+    verdict = "holds" if holds and delta != 0 else "does NOT hold" + (" (no change)" if delta == 0 else "")
     if spread is not None and abs(delta) <= spread:
         verdict += " (within seed spread)"
     elif spread is None:
