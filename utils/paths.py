@@ -16,18 +16,11 @@ import shlex
 import sys
 
 from utils.config import load_config
+from utils.errors import BadInputError, MissingDataError, exit_on_user_error  # noqa: F401 (re-exported)
 
 DEFAULT_CONFIG = "configs/ciec.yaml"
 SPLITS = ("train", "val", "test")
 README_HINT = "README.md, 'Reproducing the paper'"
-
-
-class MissingDataError(FileNotFoundError):
-    """A file or folder a command needs is not there; the message names it and the command that makes it."""
-
-
-class BadInputError(ValueError):
-    """An input a command was given exists but cannot be used; the message says which and why."""
 
 
 def data_paths(cfg):
@@ -131,11 +124,5 @@ def check_inputs(cfg, splits, config=DEFAULT_CONFIG, opts=(), checkpoint=None, p
 
 
 def exit_on_missing(main, *args):
-    """``main(*args)``; a ``MissingDataError`` or ``BadInputError`` becomes one ``error: ...`` line on stderr
-    (printed by the first process of a torchrun launch only) and exit status 2."""
-    try:
-        return main(*args)
-    except (MissingDataError, BadInputError) as err:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+    """``utils.errors.exit_on_user_error``: a user error becomes one ``error: ...`` line and exit status 2."""
+    return exit_on_user_error(main, *args)
