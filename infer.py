@@ -19,7 +19,6 @@ atomically (nothing half-written on an error). An unusable input (missing or non
 checkpoint that is not CIEC's or whose tokenizer does not match, CUDA without a GPU) is one ``error:`` line on stderr
 and exit status 2.
 """
-import argparse
 import json
 import os
 import sys
@@ -32,12 +31,13 @@ from inference.loading import load_for_inference
 from inference.pairs import parse_boxes, prepare_pair
 from inference.results import pair_result, run_model
 from preprocess import detect_faces
+from utils.cli import ArgumentParser, positive_int
 from utils.paths import BadInputError, MissingDataError, exit_on_missing
 from utils.visualize import probability_lines, render_prediction
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="best.pth (or last.pth) written by train.py")
     p.add_argument("--image", help="one image (any format PIL reads)")
     p.add_argument("--text", help="its caption")
@@ -47,7 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--out-image", help="picture: a PNG file (one pair) or a folder of <line>.png (--pairs)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if there is a GPU")
     p.add_argument("--amp", choices=["bf16", "none"], default="none", help="autocast dtype of the forward pass")
-    p.add_argument("--batch-size", type=int, default=None, help="pairs per forward pass (default eval.batch_size)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="pairs per forward pass (default eval.batch_size)")
     p.add_argument("--tokenizer", help="tokenizer folder (default: data.tokenizer of the checkpoint's config)")
     args = p.parse_args(argv)
     if (args.image is None) == (args.pairs is None):
@@ -208,4 +209,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    exit_on_missing(main, parse_args())
+    exit_on_missing(lambda: main(parse_args()))  # a bad flag or unusable input: one `error:` line

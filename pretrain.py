@@ -13,18 +13,17 @@ the image of another pair (the gap is what grounding adds) and ITM accuracy.
 
 Same machinery as train.py: config (``train.*`` for the schedule and output), torch.distributed, per-step lr,
 checkpoints with exact resume from ``<output_dir>/last.pth``. A ``last.pth`` written under another config, for
-another corpus (fingerprint of the metadata and image bytes) or another tokenizer is refused, or with ``--restart-if-stale`` deleted
-and trained again. At the end ``<output_dir>/meter_pretrain.ckpt`` is written (``models/meter_export.py``); a
-finished run with its export in place is reused as it is.
+another corpus (fingerprint of the metadata and image bytes) or another tokenizer is refused, or with
+``--restart-if-stale`` deleted and trained again. At the end ``<output_dir>/meter_pretrain.ckpt`` is written
+(``models/meter_export.py``); a finished run with its export in place is reused as it is.
 """
-import argparse
 import os
 import time
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from datasets.audit import audit_run
 from datasets.dgm4 import build_dataset, collate
 from datasets.pretrain import KINDS, PristinePairs, corpus_fingerprint, itm_pairs, load_word_kinds, mask_tokens
 from datasets.sampler import BlockDistributedSampler, eval_sampler
@@ -36,16 +35,20 @@ from models.meter_export import save_meter_checkpoint
 from models.meter_heads import MeterPretrainer
 from models.pretrained import load_configured
 from utils import dist
-from utils.config import grad_checkpointing_parts, load_config, save_config
-from utils.logger import JsonlWriter, TensorBoardWriter
-from utils.loop import clear_if_stale, file_sha256, resume_state, save_state, start_run, train_one_epoch, unwrap
+from utils.checkpoint import resume
+from utils.cli import ArgumentParser
+from utils.config import grad_checkpointing_parts, save_config
+from utils.errors import ConfigError, exit_on_user_error
+from utils.logger import RunLog
+from utils.loop import file_sha256, periodic, save_state, start_run, train_one_epoch, unwrap, wrap_ddp
+from utils.paths import check_inputs, load_entry_config, require
 from utils.training import amp_context, build_optimizer, to_device
 
 EXPORT_NAME = "meter_pretrain.ckpt"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/demo_pretrain.yaml")
     parser.add_argument("--opts", nargs="*", default=[], help="overrides such as train.lr=5e-4")
     parser.add_argument("--restart-if-stale", action="store_true",
@@ -53,17 +56,20 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def build_corpus(cfg, world, rank):
-    """(train loader, val loader, corpus fingerprint) of the pristine pre-training corpus."""
+def build_corpus(cfg, audited, tokenizer, world, rank):
+    """(train loader, val loader, corpus fingerprint) of the pristine pre-training corpus (the audited split
+    "pretrain" of ``datasets.audit.audit_run``), with the caller's tokenizer."""
     p, tcfg, data = cfg["pretrain"], cfg["train"], cfg["data"]
     kinds_path = p["word_kinds"] and os.path.join(data["root"], p["word_kinds"])
     kinds = load_word_kinds(kinds_path)
-    full = build_dataset(cfg, "train", files=p["files"])
+    full = build_dataset(cfg, audited, "pretrain", tokenizer, train=True)
     n, n_val = len(full), p["val_size"]
     if not 0 < n_val < n:
-        raise ValueError(f"pretrain.val_size {n_val} must be in (0, {n}): the corpus {p['files']} has {n} records")
+        raise ConfigError(f"pretrain.val_size {n_val} must be in (0, {n}): the corpus {p['files']} has {n} usable "
+                          f"records")
     train_set = PristinePairs(SeededDataset(full, seed=tcfg["seed"]), kinds, range(n - n_val))
-    val_set = PristinePairs(build_dataset(cfg, "val", files=p["files"]), kinds, range(n - n_val, n))
+    held_out = build_dataset(cfg, audited, "pretrain", tokenizer, train=False)
+    val_set = PristinePairs(held_out, kinds, range(n - n_val, n))
     sampler = BlockDistributedSampler(train_set, world, rank, tcfg["batch_size"], tcfg["accum_steps"],
                                       shuffle=True, seed=tcfg["seed"])
     common = {"num_workers": data["num_workers"], "collate_fn": collate, "pin_memory": torch.cuda.is_available()}
@@ -81,7 +87,7 @@ def meter_step(cfg, tokenizer, device, rank):
     vocab_range = ordinary_token_range(tokenizer)
 
     def compute(model, batch, state, micro):
-        g = torch.Generator().manual_seed((seed * 1_000_003 + state["global_step"] * 1009 + micro) * 64 + rank)
+        g = torch.Generator().manual_seed((seed * 1_000_003 + state.global_step * 1009 + micro) * 64 + rank)
         batch = prepare_batch(batch, g, tokenizer.mask_token_id, vocab_range, p)
         batch = to_device(batch, device)
         return meter_losses(model(batch), batch)
@@ -98,7 +104,8 @@ def prepare_batch(batch, generator, mask_id, vocab_range, p):
 
 
 def build_pretrainer(cfg, tokenizer, device):
-    model = MeterPretrainer(build_backbone(cfg, pad_token_id=tokenizer.pad_token_id), cfg["model"]["text"]["vocab_size"])
+    backbone = build_backbone(cfg, pad_token_id=tokenizer.pad_token_id)
+    model = MeterPretrainer(backbone, cfg["model"]["text"]["vocab_size"], itc_dim=cfg["pretrain"]["itc_dim"])
     model.backbone.set_grad_checkpointing(grad_checkpointing_parts(cfg["train"]["grad_checkpointing"]))
     load_configured(model.backbone, cfg["pretrained"])
     return model.to(device)
@@ -108,61 +115,51 @@ def main(cfg, restart_if_stale=False):
     rank, world, device, out = start_run(cfg)
     tcfg = cfg["train"]
     tokenizer = tokenizer_for(cfg)
-    train_loader, val_loader, fingerprint = build_corpus(cfg, world, rank)
+    audited = audit_run(cfg, {"pretrain": list(cfg["pretrain"]["files"])})  # checked once, before the model
+    train_loader, val_loader, fingerprint = build_corpus(cfg, audited, tokenizer, world, rank)
     identity = {"corpus_sha256": fingerprint, "tokenizer_sha256": file_sha256(cfg["data"]["tokenizer"])}
-    clear_if_stale(out, cfg, identity, restart_if_stale, extra_files=(EXPORT_NAME,))
     model = build_pretrainer(cfg, tokenizer, device)
     optimizer = build_optimizer(model, tcfg["lr"], tcfg["weight_decay"])
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg["amp"] == "fp16")
-    state = resume_state(out, model, optimizer, scaler, cfg, identity)
-    if state["epoch"] >= tcfg["epochs"] and (out / EXPORT_NAME).exists():
-        print(f"pre-training already finished ({state['global_step']} steps): reusing {out / EXPORT_NAME}")
+    state = resume(out, model, optimizer, scaler, cfg, identity, restart_if_stale, extra_files=(EXPORT_NAME,))
+    if state.epoch >= tcfg["epochs"] and (out / EXPORT_NAME).exists():
+        print(f"pre-training already finished ({state.global_step} steps): reusing {out / EXPORT_NAME}")
         return dist.cleanup()
     if dist.is_main():
         save_config(cfg, str(out / "config.yaml"))
         print(f"rank {rank}/{world} on {device}; {len(train_loader.dataset)} training pairs, "
               f"{len(val_loader.dataset)} held out; output {out}", flush=True)
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else model
-    ctx = {"device": device, "out": out, "identity": identity,
-           "total_steps": tcfg["epochs"] * train_loader.sampler.steps_per_epoch,
-           "jsonl": JsonlWriter(str(out / "log.jsonl"), enabled=dist.is_main()),
-           "tb": TensorBoardWriter(str(out / "tb"), enabled=dist.is_main())}
-    ctx["tokenizer"] = tokenizer
-    run_epochs(ddp, train_loader, val_loader, optimizer, scaler, cfg, state, ctx, meter_step(cfg, tokenizer, device, rank))
+    ddp = wrap_ddp(model, device)
+    log = RunLog(out, dist.is_main(), resumed_step=state.global_step)
+    after_step = periodic(out, ddp, optimizer, scaler, cfg, identity, log)  # step rows, last.pth every N steps
+    compute = meter_step(cfg, tokenizer, device, rank)
+    while state.epoch < tcfg["epochs"]:
+        t0 = time.time()
+        stats = train_one_epoch(ddp, compute, train_loader, optimizer, scaler, cfg, state, device, after_step)
+        metrics = evaluate_pretrain(unwrap(ddp), val_loader, device, cfg, tokenizer)
+        state.end_epoch()
+        state.best_metric = max(state.best_metric, metrics["mlm_acc"])
+        save_state(out / "last.pth", ddp, optimizer, scaler, cfg, state, identity)
+        report_epoch(log, cfg, state, stats, metrics, time.time() - t0)
     metrics = evaluate_pretrain(unwrap(ddp), val_loader, device, cfg, tokenizer)
     if dist.is_main():
-        save_meter_checkpoint(str(out / EXPORT_NAME), unwrap(ddp), config=cfg, global_step=state["global_step"],
-                              epoch=state["epoch"], val=metrics, corpus_sha256=fingerprint)
+        save_meter_checkpoint(str(out / EXPORT_NAME), unwrap(ddp), config=cfg, global_step=state.global_step,
+                              epoch=state.epoch, val=metrics, corpus_sha256=fingerprint)
         print(f"exported {out / EXPORT_NAME} (METER format; pretrained.meter loads it)", flush=True)
-    ctx["tb"].close()
+    log.close()
     dist.cleanup()
 
 
-def run_epochs(model, train_loader, val_loader, optimizer, scaler, cfg, state, ctx, compute):
-    tcfg = cfg["train"]
-    sampler = train_loader.sampler
-    while state["epoch"] < tcfg["epochs"]:
-        t0 = time.time()
-        sampler.set_epoch(state["epoch"])
-        sampler.set_start(state["step_in_epoch"])
-        train_loader.dataset.set_epoch(state["epoch"])
-        stats = train_one_epoch(model, compute, train_loader, optimizer, scaler, cfg, state, ctx)
-        metrics = evaluate_pretrain(unwrap(model), val_loader, ctx["device"], cfg, ctx["tokenizer"])
-        state["epoch"] += 1
-        state["step_in_epoch"] = 0
-        state["best_metric"] = max(state["best_metric"], metrics["mlm_acc"])
-        save_state(ctx["out"] / "last.pth", model, optimizer, scaler, cfg, state, ctx["identity"])
-        if dist.is_main():
-            seconds = time.time() - t0
-            ctx["jsonl"].write({"epoch": state["epoch"], "global_step": state["global_step"],
-                                "seconds": round(seconds, 1), **{f"train/{k}": v for k, v in stats.items()},
-                                **{f"val/{k}": v for k, v in metrics.items()}})
-            ctx["tb"].add_scalars({f"val/{k}": v for k, v in metrics.items()}, state["global_step"])
-            print(f"epoch {state['epoch']}/{tcfg['epochs']} ({seconds:.0f}s, step {state['global_step']}): "
-                  f"loss {stats['loss']:.4f} (mlm {stats['mlm']:.4f}, itm {stats['itm']:.4f}); "
-                  + format_pretrain_metrics(metrics), flush=True)
-
+def report_epoch(log, cfg, state, stats, metrics, seconds):
+    """The epoch's row in log.jsonl / TensorBoard and its line on stdout (rank 0)."""
+    if not dist.is_main():
+        return
+    log.write({"epoch": state.epoch, "global_step": state.global_step, "seconds": round(seconds, 1),
+               **{f"train/{k}": v for k, v in stats.items()}, **{f"val/{k}": v for k, v in metrics.items()}})
+    print(f"epoch {state.epoch}/{cfg['train']['epochs']} ({seconds:.0f}s, step {state.global_step}): "
+          f"loss {stats['loss']:.4f} (mlm {stats['mlm']:.4f}, itm {stats['itm']:.4f}"
+          + (f", itc {stats['itc']:.4f}" if "itc" in stats else "") + "); "
+          + format_pretrain_metrics(metrics), flush=True)
 
 
 @torch.no_grad()
@@ -220,6 +217,16 @@ def format_pretrain_metrics(m):
             f"losses mlm {m['mlm_loss']:.3f} itm {m['itm_loss']:.3f}")
 
 
+def run(args):
+    """Check the config and that the corpus, caches, tokenizer and pretrained weights are in place (one-line error
+    otherwise), then pre-train."""
+    cfg = load_entry_config(args.config, args.opts)
+    check_inputs(cfg, [], args.config, args.opts, pretrained=True, files=cfg["pretrain"]["files"])
+    if cfg["pretrain"]["word_kinds"]:
+        require(os.path.join(cfg["data"]["root"], cfg["pretrain"]["word_kinds"]), "word-kind list",
+                "preprocess/make_synthetic.py writes word_kinds.json; or set pretrain.word_kinds to null")
+    main(cfg, args.restart_if_stale)
+
+
 if __name__ == "__main__":
-    args = parse_args()
-    main(load_config(args.config, args.opts), args.restart_if_stale)
+    exit_on_user_error(lambda: run(parse_args()))  # a bad flag, config value or missing input: one `error:` line

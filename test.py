@@ -8,7 +8,6 @@ Writes ``metrics.json`` (the nine Table 1 keys in percent, the subset tables and
 ``predictions.jsonl`` (one line per sample) into ``--out``; ``--visualize N`` also renders N pictures
 in the style of the paper's Figure 3.
 """
-import argparse
 import json
 import os
 import time
@@ -16,26 +15,28 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
+from datasets.audit import audit_run, split_files
 from datasets.dgm4 import build_dataset, collate
 from datasets.sampler import eval_sampler
 from datasets.text import tokenizer_for
+from inference.figures import render_predictions
 from models import build_model
 from utils import dist
 from utils.checkpoint import load_checkpoint
-from utils.evaluator import evaluate
+from utils.cli import ArgumentParser, non_negative_int
 from utils.config import eval_conflicts
+from utils.evaluator import evaluate
 from utils.paths import BadInputError, check_inputs, exit_on_missing, load_entry_config
 from utils.report import format_report, json_safe, write_predictions
-from utils.visualize import render_predictions
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/ciec.yaml")
     parser.add_argument("--checkpoint", default=None, help="default: <train.output_dir>/best.pth")
     parser.add_argument("--split", default=None, choices=["train", "val", "test"], help="default: eval.split")
     parser.add_argument("--out", default=None, help="default: <train.output_dir>/eval_<split>")
-    parser.add_argument("--visualize", type=int, default=0, metavar="N")
+    parser.add_argument("--visualize", type=non_negative_int, default=0, metavar="N")
     parser.add_argument("--opts", nargs="*", default=[])
     return parser.parse_args(argv)
 
@@ -49,7 +50,8 @@ def main(args):
     rank, world, _, device = dist.init_distributed(cfg["train"]["device"])
 
     tokenizer = tokenizer_for(cfg)
-    dataset = build_dataset(cfg, split)
+    audited = audit_run(cfg, split_files(cfg, [split]))  # every record checked once, before the model is built
+    dataset = build_dataset(cfg, audited, split, tokenizer)
     loader = DataLoader(dataset, batch_size=cfg["eval"]["batch_size"], sampler=eval_sampler(dataset, world, rank),
                         num_workers=cfg["data"]["num_workers"], collate_fn=collate,
                         pin_memory=torch.cuda.is_available())
@@ -90,4 +92,4 @@ def check_trained_config(path, state, cfg):
 
 
 if __name__ == "__main__":
-    exit_on_missing(main, parse_args())
+    exit_on_missing(lambda: main(parse_args()))  # a bad flag, config value or missing input: one `error:` line

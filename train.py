@@ -4,22 +4,22 @@
     python train.py --config configs/demo.yaml                           # one process (CPU demo)
     python train.py --config configs/ciec.yaml --opts train.accum_steps=8  # 1 GPU, global batch 256
 
-The loop reads top-down: distributed init -> data -> model, criterion, optimiser -> automatic
-resume from ``<output_dir>/last.pth`` -> epochs of (train, validate, save). The learning rate
-is a stateless function of the global step (utils/schedule.py). Checkpoints are written
+The loop reads top-down in ``main``: distributed init -> data -> model, criterion, optimiser -> automatic
+resume from ``<output_dir>/last.pth`` (``utils.checkpoint.resume`` -> a ``TrainState``) -> epochs of (train, validate,
+pick the best, save, log). The learning rate is a stateless function of the global step (utils/schedule.py); a
+resumed run first drops the rows of ``log.jsonl`` beyond its global step, which it trains again. Checkpoints are written
 atomically; ``last.pth`` (everything resuming needs) every epoch (and every ``train.save_every_steps`` optimizer
 steps), ``best.pth`` (weights, config and fingerprints only) when the validation AUC improves.
 ``train.grad_checkpointing`` recomputes activations in backward (models/backbone.py) to fit larger micro-batches.
 A non-finite loss stops the run with the loss
 dict printed *before* anything is written.
 """
-import argparse
 import time
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from datasets.audit import audit_run, split_files
 from datasets.dgm4 import build_dataset, collate
 from datasets.sampler import BlockDistributedSampler, eval_sampler
 from datasets.seeding import SeededDataset
@@ -28,17 +28,18 @@ from losses import build_criterion
 from models import build_model
 from models.pretrained import load_configured
 from utils import dist
+from utils.checkpoint import resume
+from utils.cli import ArgumentParser
 from utils.config import grad_checkpointing_parts, save_config
 from utils.evaluator import evaluate, flatten_metrics
-from utils.logger import JsonlWriter, TensorBoardWriter
-from utils.loop import (clear_if_stale, file_sha256, resume_state, save_best, save_state, start_run, train_one_epoch,
-                        unwrap)
+from utils.logger import RunLog
+from utils.loop import file_sha256, periodic, save_best, save_state, start_run, train_one_epoch, unwrap, wrap_ddp
 from utils.paths import check_inputs, exit_on_missing, load_entry_config
 from utils.training import build_optimizer, to_device
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/ciec.yaml")
     parser.add_argument("--opts", nargs="*", default=[], help="overrides such as train.lr=2e-5")
     parser.add_argument("--restart-if-stale", action="store_true",
@@ -47,10 +48,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def build_loaders(cfg, world, rank):
+def build_loaders(cfg, audited, tokenizer, world, rank):
+    """Train and val loaders over the audited records (``datasets.audit.audit_run``) with the caller's tokenizer."""
     data, train = cfg["data"], cfg["train"]
-    train_set = SeededDataset(build_dataset(cfg, "train"), seed=train["seed"])
-    val_set = build_dataset(cfg, "val")
+    train_set = SeededDataset(build_dataset(cfg, audited, "train", tokenizer), seed=train["seed"])
+    val_set = build_dataset(cfg, audited, "val", tokenizer)
     sampler = BlockDistributedSampler(train_set, world, rank, train["batch_size"], train["accum_steps"],
                                       shuffle=True, seed=train["seed"])
     train_loader = DataLoader(train_set, batch_size=train["batch_size"], sampler=sampler,
@@ -78,62 +80,57 @@ def main(cfg, restart_if_stale=False):
     print(f"rank {rank}/{world} on {device}; output {out}")
 
     tokenizer = tokenizer_for(cfg)
-    train_loader, val_loader = build_loaders(cfg, world, rank)
-    model = build_model(cfg, pad_token_id=tokenizer.pad_token_id)
-    model.backbone.set_grad_checkpointing(grad_checkpointing_parts(tcfg["grad_checkpointing"]))
-    if model.frozen_by_ablation:  # parameters only a switched-off loss would train keep their init (models/__init__)
-        print(f"frozen (no enabled loss trains them): {model.frozen_by_ablation}")
-    load_configured(model.backbone, cfg["pretrained"])
-    model.to(device)
+    audited = audit_run(cfg, split_files(cfg, ["train", "val"]))  # every record checked once, before the model
+    train_loader, val_loader = build_loaders(cfg, audited, tokenizer, world, rank)
+    model = build_ciec(cfg, tokenizer, device)
     # the run is tied to the bytes of its starting point, not only to the path in the config
     identity = {"pretrained_meter_sha256": file_sha256(cfg["pretrained"]["meter"])}
-    clear_if_stale(out, cfg, identity, restart_if_stale)
+    best_identity = dict(identity, tokenizer_sha256=file_sha256(cfg["data"]["tokenizer"]))
     criterion = build_criterion(cfg)
     optimizer = build_optimizer(model, tcfg["lr"], tcfg["weight_decay"], tcfg["backbone_lr_scale"])
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg["amp"] == "fp16")
-    state = resume_state(out, model, optimizer, scaler, cfg, identity)  # refuses a last.pth trained under another config
+    state = resume(out, model, optimizer, scaler, cfg, identity, restart_if_stale)  # or refuse another config's run
     if dist.is_main():
         save_config(cfg, str(out / "config.yaml"))
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                  find_unused_parameters=has_unused_parameters(cfg)) if world > 1 else model
-
-    sampler = train_loader.sampler
-    total_steps = tcfg["epochs"] * sampler.steps_per_epoch
-    ctx = {"device": device, "out": out, "total_steps": total_steps, "identity": identity,
-           "best_identity": dict(identity, tokenizer_sha256=file_sha256(cfg["data"]["tokenizer"])),
-           "jsonl": JsonlWriter(str(out / "log.jsonl"), enabled=dist.is_main()),
-           "tb": TensorBoardWriter(str(out / "tb"), enabled=dist.is_main())}
-    while state["epoch"] < tcfg["epochs"]:
+    ddp = wrap_ddp(model, device, find_unused_parameters=has_unused_parameters(cfg))
+    log = RunLog(out, dist.is_main(), resumed_step=state.global_step)
+    after_step = periodic(out, ddp, optimizer, scaler, cfg, identity, log)  # step rows, last.pth every N steps
+    while state.epoch < tcfg["epochs"]:
         t0 = time.time()
-        sampler.set_epoch(state["epoch"])
-        sampler.set_start(state["step_in_epoch"])
-        train_loader.dataset.set_epoch(state["epoch"])
-        train_stats = train_one_epoch(ddp, weak_losses(criterion, device), train_loader, optimizer, scaler, cfg,
-                                      state, ctx)
+        stats = train_one_epoch(ddp, weak_losses(criterion, device), train_loader, optimizer, scaler, cfg, state,
+                                device, after_step)
         metrics, _ = evaluate(unwrap(ddp), val_loader, device, amp_dtype=amp_dtype(tcfg["amp"]))
-        state["epoch"] += 1
-        state["step_in_epoch"] = 0
-        end_of_epoch(ddp, optimizer, scaler, cfg, state, ctx, train_stats, metrics, time.time() - t0)
-    ctx["tb"].close()
+        state.end_epoch()
+        improved = metrics["AUC"] > state.best_metric
+        if improved:
+            state.best_metric = metrics["AUC"]
+            save_best(out / "best.pth", ddp, cfg, state, best_identity)  # weights only, for test.py
+        save_state(out / "last.pth", ddp, optimizer, scaler, cfg, state, identity)
+        report_epoch(log, cfg, state, stats, metrics, time.time() - t0, improved)
+    log.close()
     dist.cleanup()
 
 
-def end_of_epoch(model, optimizer, scaler, cfg, state, ctx, train_stats, metrics, seconds):
-    improved = metrics["AUC"] > state["best_metric"]
-    if improved:
-        state["best_metric"] = metrics["AUC"]
-        save_best(ctx["out"] / "best.pth", model, cfg, state, ctx["best_identity"])  # weights only, for test.py
-    save_state(ctx["out"] / "last.pth", model, optimizer, scaler, cfg, state, ctx["identity"])
-    if dist.is_main():
-        row = {"epoch": state["epoch"], "global_step": state["global_step"], "seconds": round(seconds, 1),
-               **{f"train/{k}": v for k, v in train_stats.items()},
-               **flatten_metrics(metrics, prefix="val/")}
-        ctx["jsonl"].write(row)
-        ctx["tb"].add_scalars({k: v for k, v in row.items() if "/" in k}, state["global_step"])
-        brief = ", ".join(f"{k} {metrics[k]:.2f}" for k in ("AUC", "ACC", "IoU_mean", "IoU50", "F1"))
-        print(f"epoch {state['epoch']}/{cfg['train']['epochs']} ({seconds:.0f}s): "
-              f"loss {train_stats.get('loss', float('nan')):.4f}; val {brief}"
-              + (" [best]" if improved else ""), flush=True)
+def build_ciec(cfg, tokenizer, device):
+    """The CIEC model with the configured gradient checkpointing and pretrained weights, on ``device``."""
+    model = build_model(cfg, pad_token_id=tokenizer.pad_token_id)
+    model.backbone.set_grad_checkpointing(grad_checkpointing_parts(cfg["train"]["grad_checkpointing"]))
+    if model.frozen_by_ablation:  # parameters only a switched-off loss would train keep their init (models/__init__)
+        print(f"frozen (no enabled loss trains them): {model.frozen_by_ablation}")
+    load_configured(model.backbone, cfg["pretrained"])
+    return model.to(device)
+
+
+def report_epoch(log, cfg, state, train_stats, metrics, seconds, improved):
+    """The epoch's row in log.jsonl / TensorBoard and its line on stdout (rank 0)."""
+    if not dist.is_main():
+        return
+    log.write({"epoch": state.epoch, "global_step": state.global_step, "seconds": round(seconds, 1),
+               **{f"train/{k}": v for k, v in train_stats.items()}, **flatten_metrics(metrics, prefix="val/")})
+    brief = ", ".join(f"{k} {metrics[k]:.2f}" for k in ("AUC", "ACC", "IoU_mean", "IoU50", "F1"))
+    print(f"epoch {state.epoch}/{cfg['train']['epochs']} ({seconds:.0f}s): "
+          f"loss {train_stats.get('loss', float('nan')):.4f}; val {brief}" + (" [best]" if improved else ""),
+          flush=True)
 
 
 def has_unused_parameters(cfg):
@@ -155,4 +152,4 @@ def run(args):
 
 
 if __name__ == "__main__":
-    exit_on_missing(run, parse_args())
+    exit_on_missing(lambda: run(parse_args()))  # a bad flag, config value or missing input: one `error:` line

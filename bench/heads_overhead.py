@@ -18,16 +18,13 @@ Usage::
 """
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from datasets.text import word_token_mask  # noqa: E402
 from losses import build_criterion  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.config import DEFAULTS, merge  # noqa: E402
@@ -44,6 +41,7 @@ def paper_batch(cfg, batch_size, seed=0):
     boxes = torch.rand(batch_size, n, 4, generator=g) * 0.3 + torch.tensor([0.35, 0.35, 0.05, 0.05])
     return {"image": torch.randn(batch_size, 3, S, S, generator=g), "input_ids": ids,
             "attention_mask": torch.ones(batch_size, L, dtype=torch.long),
+            "word_tokens": word_token_mask(torch.ones(batch_size, L, dtype=torch.long)),
             "content_mask": (torch.rand(batch_size, L, generator=g) > 0.5).float(),
             "cand_boxes": boxes, "cand_mask": torch.ones(batch_size, n, dtype=torch.bool),
             "y_v": y_v, "y_t": y_t, "y_m": torch.maximum(y_v, y_t)}

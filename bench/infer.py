@@ -16,12 +16,9 @@ Usage::
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from types import SimpleNamespace
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402

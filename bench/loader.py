@@ -12,19 +12,17 @@ Usage::
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from datasets.dgm4 import DGM4Dataset, build_dataset  # noqa: E402
-from datasets.records import FAKE_CLS  # noqa: E402
-from preprocess.cache_io import make_header, save_cache  # noqa: E402
+from datasets.caches import make_header, save_cache  # noqa: E402
+from datasets.dgm4 import DGM4Dataset, audited_dataset  # noqa: E402
+from datasets.records import FAKE_CLS, read_metadata  # noqa: E402
+from datasets.text import tokenizer_for  # noqa: E402
 from preprocess.stopword_masks import mask_entry  # noqa: E402
 from preprocess.train_tokenizer import train_tokenizer  # noqa: E402
 
@@ -41,7 +39,8 @@ def photo_like(rng, w=600, h=400):
 
 
 def make_benchmark(folder, n_images=32, seed=0):
-    """Write images, metadata, caches and a tokenizer under ``folder``; return DGM4Dataset kwargs."""
+    """Write images, metadata, caches and a tokenizer under ``folder``; return DGM4Dataset kwargs (records, root,
+    cache entries, tokenizer: the benchmark is made here, so it needs no audit)."""
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(folder, "img"), exist_ok=True)
     records, faces, classes = [], {}, list(FAKE_CLS)
@@ -58,12 +57,12 @@ def make_benchmark(folder, n_images=32, seed=0):
                        "size": [600, 400]}
     with open(os.path.join(folder, "meta.json"), "w") as f:
         json.dump(records, f)
+    stopwords = {str(r["id"]): mask_entry(r["text"]) for r in records}
     save_cache(os.path.join(folder, "faces.json"), make_header("faces"), faces)
-    save_cache(os.path.join(folder, "stopwords.json"), make_header("stopwords"),
-               {str(r["id"]): mask_entry(r["text"]) for r in records})
+    save_cache(os.path.join(folder, "stopwords.json"), make_header("stopwords"), stopwords)
     tok = train_tokenizer([r["text"].lower() for r in records], os.path.join(folder, "tok"), vocab_size=500)
-    return dict(root=folder, files=["meta.json"], tokenizer=tok, face_cache=os.path.join(folder, "faces.json"),
-                stopword_cache=os.path.join(folder, "stopwords.json"))
+    return dict(records=read_metadata(folder, ["meta.json"]), root=folder, faces=faces, stopwords=stopwords,
+                tokenizer=tok)
 
 
 def measure(dataset, n):
@@ -90,7 +89,7 @@ def main(argv=None):
     if args.config:
         from utils.config import load_config
         cfg = load_config(args.config, args.opts)
-        dataset, source = build_dataset(cfg, "train"), cfg["data"]["root"]
+        dataset, source = audited_dataset(cfg, "train", tokenizer_for(cfg)), cfg["data"]["root"]
         rate, cpu_rate = measure(dataset, args.n)
     else:
         with tempfile.TemporaryDirectory() as folder:

@@ -4,142 +4,55 @@
 image (3,S,S); y_m, y_v, y_t scalars and multi_label (4,) from ``fake_cls`` (the only training labels of the
 weakly supervised model); gt_box (4,) and token_label / token_label_clean (L,) for evaluation only;
 cand_boxes (n,4) + cand_mask (n,) from the face cache (the candidate set C of section 2.3.2);
-input_ids / attention_mask (L,); content_mask (L,) = M_c of eqs. 13, 15, 21 from the stop-word cache; orig_size (2,).
+input_ids / attention_mask (L,); content_mask (L,) = M_c of eqs. 13, 15, 21 from the stop-word cache; word_tokens (L,)
+bool (``datasets.text.word_token_mask``: the real word tokens, read by the model and the losses); orig_size (2,).
 ``collate`` stacks them into the batch dict (B, ...), keeping lists for id, fake_cls and caption.
 ``candidate_pixel_boxes`` / ``candidate_tensors`` (candidate boxes) and ``text_inputs`` (caption -> token inputs and
 word alignment) build those inputs from a face list and a raw caption; infer.py builds its pairs with the same three.
 
-Bad inputs. ``on_bad="fail"``: the first bad record raises ``RecordError`` (names id and metadata file): at load
-for metadata and cache problems and for a wrong folder layout (``check_layout``: one image per top folder must
-exist), in ``__getitem__`` for other image problems. ``on_bad="skip"``: metadata and cache
-problems are dropped at load and counted in ``self.skipped``; image problems (missing, corrupt, truncated file,
-box outside the image, stale face-cache size) are found by ``check_images()``, a pre-pass run at construction
-when ``check_images`` is true (default), which decodes every image once (JPEG draft at 1/8 scale, threads) and
-drops the bad ones, so ``__getitem__`` never has to substitute samples (which would corrupt evaluation).
+The dataset is a thin map from records to tensors: the records and caches come from ``datasets.audit.audit_run``
+(which checked every record, its caches and its image once, before the model was built) and the tokenizer is
+built once by the caller (``datasets.text.tokenizer_for``) and passed in. ``build_dataset(cfg, data, split,
+tokenizer)`` makes one from the audited ``RunData``. It prints nothing.
 """
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
-from datasets.records import (FAKE_CLS, RecordError, check_box_in_image, load_metadata, open_image,
-                              read_image_sized)
-from datasets.text import (STOPWORD_SOURCE, align_words, benchmark_token_labels, clean_token_labels,
-                           content_token_mask, encode, load_stopwords, load_tokenizer, normalize_caption, token_words)
+from datasets.audit import audit_run, split_files
+from datasets.records import FAKE_CLS, read_image_sized
+from datasets.text import (
+    align_words,
+    benchmark_token_labels,
+    clean_token_labels,
+    content_token_mask,
+    encode,
+    token_words,
+    word_token_mask,
+)
 from datasets.transforms import boxes_to_cxcywh, build_transform
-from preprocess.cache_io import load_cache
 
 
 class DGM4Dataset(Dataset):
-    def __init__(self, root, files, tokenizer, face_cache, stopword_cache, image_size=256, max_len=50,
-                 max_words=50, num_boxes=5, train=False, on_bad="fail", box_tolerance=0.05, jpeg_draft=True,
-                 check_images=True, stopword_source=None):
-        self.root, self.image_size, self.max_len, self.max_words = root, image_size, max_len, max_words
-        self.num_boxes, self.train, self.on_bad, self.box_tolerance = num_boxes, train, on_bad, box_tolerance
+    """Audited ``records`` (dicts with ``_file``) under ``root``; ``faces`` / ``stopwords``: the entries of the face
+    and stop-word caches (``datasets.caches.load_cache``)."""
+
+    def __init__(self, records, root, faces, stopwords, tokenizer, image_size=256, max_len=50, max_words=50,
+                 num_boxes=5, train=False, jpeg_draft=True):
+        self.records, self.root, self.faces, self.stopwords = list(records), root, faces, stopwords
+        self.tokenizer, self.image_size, self.max_len, self.max_words = tokenizer, image_size, max_len, max_words
+        self.num_boxes, self.train = num_boxes, train
         self.draft_size = (2 * image_size, 2 * image_size) if jpeg_draft else None
-        self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
         self.transform = build_transform(image_size, train)
-        records, self.skipped = load_metadata(root, files, on_bad)
-        for path in (face_cache, stopword_cache):
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"cache file {path} does not exist (build it with preprocess/"
-                                        f"detect_faces.py and preprocess/stopword_masks.py)")
-        _, self.faces, self.face_errors = load_cache(face_cache, "faces")
-        header, self.stopwords, _ = load_cache(stopword_cache, "stopwords")
-        made_with = header.get("stopword_source", STOPWORD_SOURCE)
-        if stopword_source is not None and made_with != stopword_source:
-            raise ValueError(f"stop-word cache {stopword_cache} was made with the list '{made_with}', the config's "
-                             f"data.stopwords gives '{stopword_source}': rebuild it with preprocess/stopword_masks.py")
-        self.face_cache_path, self.stopword_cache_path = face_cache, stopword_cache
-        self.records = self._keep(records, map(_catch(self._check_caches), records))
-        if on_bad == "skip" and check_images:
-            self.check_images()
-        elif on_bad == "fail":
-            self.check_layout()
-        if on_bad == "skip":
-            print(f"[data] {len(self.records)} usable records; skipped {sum(self.skipped.values())} "
-                  f"{dict(self.skipped)}", flush=True)
 
     def __len__(self):
         return len(self.records)
 
-    def _keep(self, records, errors):
-        """Records whose error (RecordError or None, in order) is None; the first error raises under
-        ``on_bad="fail"``, errors are counted in ``self.skipped`` under ``"skip"``."""
-        kept = []
-        for rec, err in zip(records, errors):
-            if err is None:
-                kept.append(rec)
-            elif self.on_bad == "fail":
-                raise err
-            else:
-                self.skipped[err.reason] += 1
-        return kept
-
-    def _check_caches(self, rec):
-        """Face and stop-word cache entries exist and fit the record (detectable without the image)."""
-        face = self.faces.get(rec["image"])
-        if face is None:
-            why = self.face_errors.get(rec["image"], "run preprocess/detect_faces.py")
-            raise RecordError(rec["id"], rec["_file"], f"no entry for image {rec['image']!r} in face cache "
-                              f"{self.face_cache_path} ({why})", "no_cache_entry")
-        boxes, scores, size = face.get("boxes"), face.get("scores"), face.get("size")
-        if (not isinstance(boxes, list) or not isinstance(scores, list) or len(boxes) != len(scores)
-                or any(len(b) != 4 for b in boxes) or not isinstance(size, list) or len(size) != 2):
-            raise RecordError(rec["id"], rec["_file"], f"malformed face-cache entry for {rec['image']!r} in "
-                              f"{self.face_cache_path}: {face!r}", "bad_cache_entry")
-        entry = self.stopwords.get(str(rec["id"]))
-        if entry is None:
-            raise RecordError(rec["id"], rec["_file"], f"no entry in stop-word cache {self.stopword_cache_path} "
-                              f"(run preprocess/stopword_masks.py)", "no_cache_entry")
-        n_words = len(normalize_caption(rec["text"], None).split(" "))
-        if len(entry.get("mask", ())) != n_words or entry.get("n_words") != n_words:
-            raise RecordError(rec["id"], rec["_file"], f"stop-word mask has {len(entry.get('mask', ()))} "
-                              f"entries but the normalised caption has {n_words} words (stale cache "
-                              f"{self.stopword_cache_path}?)", "stopword_mismatch")
-
-    def _check_size(self, rec, size):
-        """Checks that need the image size: box inside the image, face cache computed on this image."""
-        check_box_in_image(rec, size, self.box_tolerance)
-        cached = tuple(self.faces[rec["image"]]["size"])
-        if cached != tuple(size):
-            raise RecordError(rec["id"], rec["_file"], f"face cache {self.face_cache_path} has size {cached} "
-                              f"for {rec['image']!r} but the image is {tuple(size)}", "stale_face_cache")
-
-    def check_layout(self):
-        """Fail fast on a wrong folder layout (DGM4 issue #37): the first image of every top folder
-        (first 3 folder components, e.g. ``DGM4/manipulation/infoswap``) must exist under ``root``."""
-        first = {}
-        for rec in self.records:
-            first.setdefault(tuple(os.path.dirname(rec["image"]).split("/")[:3]), rec)
-        for rec in first.values():
-            path = os.path.join(self.root, rec["image"])
-            if not os.path.exists(path):
-                raise RecordError(rec["id"], rec["_file"], f"image {path} does not exist: check data.root and "
-                                  f"that archives were extracted at the root (paths are used verbatim)",
-                                  "missing_image")
-
-    def _check_image(self, rec):
-        path = os.path.join(self.root, rec["image"])
-        img = open_image(path, rec)
-        self._check_size(rec, img.size)
-        read_image_sized(path, rec, draft_size=(32, 32))  # full decode (DCT-scaled): catches truncation
-
-    def check_images(self, num_threads=8):
-        """Decode every image once; drop bad records (skip) or raise the first error (fail). Returns skipped."""
-        with ThreadPoolExecutor(num_threads) as pool:
-            errors = tqdm(pool.map(_catch(self._check_image), self.records), total=len(self.records),
-                          desc="checking images", disable=len(self.records) < 1000)
-            self.records = self._keep(self.records, errors)
-        return self.skipped
-
     def __getitem__(self, index):
         rec = self.records[index]
         img, size = read_image_sized(os.path.join(self.root, rec["image"]), rec, self.draft_size)
-        self._check_size(rec, size)
         image, flipped = self.transform(img)
         labels = FAKE_CLS[rec["fake_cls"]]
         box = rec["fake_image_box"]
@@ -203,30 +116,20 @@ def text_inputs(tokenizer, text, word_mask, max_len, max_words):
 
     ``word_mask``: content-word flags of the uncapped normalised words (stop-word cache entry, or
     ``preprocess.stopword_masks.mask_entry``). Returns tensors ``input_ids``, ``attention_mask`` (L,),
-    ``content_mask`` (L,) float, ``word_index`` (L,) long (normalised word of every token, -1 at specials and
-    padding), the normalised ``caption``, and the alignment: ``enc`` (``datasets.text.encode``), ``spans``,
-    ``owner`` (``align_words``)."""
+    ``word_tokens`` (L,) bool (``word_token_mask``), ``content_mask`` (L,) float, ``word_index`` (L,) long
+    (normalised word of every token, -1 at specials and padding), the normalised ``caption``, and the alignment:
+    ``enc`` (``datasets.text.encode``), ``spans``, ``owner`` (``align_words``)."""
     caption, spans, owner = align_words(text, max_words)
     enc = encode(tokenizer, caption, max_len)
     word_mask = list(word_mask)[:len(spans)]
+    attention_mask = torch.tensor(enc["attention_mask"], dtype=torch.long)
     return {
         "caption": caption, "enc": enc, "spans": spans, "owner": owner,
         "input_ids": torch.tensor(enc["input_ids"], dtype=torch.long),
-        "attention_mask": torch.tensor(enc["attention_mask"], dtype=torch.long),
+        "attention_mask": attention_mask, "word_tokens": word_token_mask(attention_mask),
         "content_mask": torch.tensor(content_token_mask(enc, spans, word_mask), dtype=torch.float32),
         "word_index": torch.tensor(token_words(enc, spans, spans[-1][1] if spans else 0), dtype=torch.long),
     }
-
-
-def _catch(check):
-    """Wrap ``check(rec)`` so it returns the RecordError (or None) instead of raising."""
-    def run(rec):
-        try:
-            check(rec)
-        except RecordError as err:
-            return err
-        return None
-    return run
 
 
 LIST_KEYS = ("id", "fake_cls", "caption")
@@ -238,15 +141,19 @@ def collate(samples):
             for key in samples[0]}
 
 
-def build_dataset(cfg, split, files=None):
-    """``DGM4Dataset`` for ``split`` in train/val/test from ``cfg["data"]`` (train transform only for train);
-    ``files`` (relative to ``data.root``) replaces ``data.<split>_files`` (pretrain.py's corpus)."""
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be train, val or test, got {split!r}")
+def build_dataset(cfg, data, split, tokenizer, train=None):
+    """``DGM4Dataset`` over the audited records of ``split`` in ``data`` (``datasets.audit.RunData``) with the sizes
+    of ``cfg["data"]``; the training transform when ``train`` (default: ``split == "train"``)."""
+    if split not in data.splits:
+        raise ValueError(f"split {split!r} was not audited for this run (audited: {sorted(data.splits)})")
     d = cfg["data"]
-    return DGM4Dataset(
-        d["root"], d[f"{split}_files"] if files is None else files, d["tokenizer"], os.path.join(d["root"], d["face_cache"]),
-        os.path.join(d["root"], d["stopword_cache"]), image_size=d["image_size"], max_len=d["max_len"],
-        max_words=d["max_words"], num_boxes=d["num_boxes"], train=split == "train", on_bad=d["on_bad_record"],
-        box_tolerance=d["box_tolerance"], jpeg_draft=d["jpeg_draft"], check_images=d["check_images"],
-        stopword_source=load_stopwords(d["stopwords"])[1])
+    return DGM4Dataset(data.splits[split], data.root, data.faces, data.stopwords, tokenizer,
+                       image_size=d["image_size"], max_len=d["max_len"], max_words=d["max_words"],
+                       num_boxes=d["num_boxes"], train=split == "train" if train is None else train,
+                       jpeg_draft=d["jpeg_draft"])
+
+
+def audited_dataset(cfg, split, tokenizer):
+    """Audit ``split`` alone (``datasets.audit.audit_run``) and build its dataset: for scripts and tests that read
+    one split; the entry points audit all the splits of a run at once."""
+    return build_dataset(cfg, audit_run(cfg, split_files(cfg, [split])), split, tokenizer)

@@ -28,7 +28,9 @@ import os
 import torch
 from torch.utils.data import Dataset
 
+from datasets.caches import read_json_text
 from datasets.records import RecordError
+from utils.errors import BadInputError, MissingDataError
 
 KINDS = ("names", "attributes", "places", "other")
 ITEM_KEYS = ("index", "image", "input_ids", "attention_mask", "content_mask", "word_index")
@@ -38,13 +40,17 @@ def load_word_kinds(path):
     """word -> kind index (``KINDS``) from a word-kinds JSON ({kind: [normalised words]}); None path -> {}."""
     if path is None:
         return {}
-    with open(path) as f:
-        data = json.load(f)
+    if not os.path.isfile(path):
+        raise MissingDataError(f"word-kinds file {path} not found (pretrain.word_kinds, relative to data.root; "
+                               f"make_synthetic.py --pretrain writes one, or set it to null)")
+    data = read_json_text(path, "word-kinds file")
+    if not isinstance(data, dict):
+        raise BadInputError(f"word-kinds file {path} must hold a JSON object {{kind: [words]}}")
     table = {}
     for k, kind in enumerate(KINDS[:-1]):
         for word in data.get(kind, []):
             if word in table:
-                raise ValueError(f"{path}: word {word!r} is listed under two kinds")
+                raise BadInputError(f"{path}: word {word!r} is listed under two kinds")
             table[word] = k
     return table
 

@@ -4,18 +4,22 @@ Data side of the DGM4 protocol (dgm4_protocol.md 1.2-1.3, 7.9) for CIEC's weak l
 pair label y_m and the modality labels y_v, y_t come from ``fake_cls``; boxes and word positions are used only
 for evaluation).
 
-A metadata file is one JSON array of records ``{id, image, text, fake_cls, fake_image_box, fake_text_pos}``
-(``mtcnn_boxes`` optional, unused). ``load_metadata`` validates every record; a bad record raises
-``RecordError`` (names the record id and the metadata file) or, with ``on_bad="skip"``, is dropped and counted.
-``read_image`` opens an image as PIL RGB, turning every decode failure into ``RecordError``.
+A metadata file is one UTF-8 JSON array of records ``{id, image, text, fake_cls, fake_image_box, fake_text_pos}``
+(``mtcnn_boxes`` optional, unused). ``read_metadata`` reads the files (each record gets ``_file`` and ``_pos``, its
+index in the array); ``check_record`` validates one record, its image path included (relative, inside the data
+root); ``load_metadata`` (the preprocess scripts) does both, a bad record raising ``RecordError`` (names the record
+id, its index and the metadata file) or, with ``on_bad="skip"``, being dropped and counted. Training and evaluation
+validate through ``datasets.audit`` instead. ``read_image`` opens an image as PIL RGB, turning every decode failure
+into ``RecordError``. ``RecordError`` is a ``utils.errors.BadInputError``: an entry point prints it as one line.
 """
 import collections
-import json
 import os
 
 from PIL import Image
 
+from datasets.caches import read_json_text
 from datasets.text import normalize_caption
+from utils.errors import BadInputError, MissingDataError
 
 # fake_cls -> [FS, FA, TS, TA]
 FAKE_CLS = {
@@ -32,12 +36,29 @@ FAKE_CLS = {
 REQUIRED_FIELDS = ("id", "image", "text", "fake_cls", "fake_image_box", "fake_text_pos")
 
 
-class RecordError(ValueError):
-    """A bad record. ``str(err)`` names the record id and the metadata file; ``reason`` is a short category."""
+class RecordError(BadInputError):
+    """A bad record. ``str(err)`` names the record id, its index in the metadata file (when known) and the file;
+    ``reason`` is a short category ("bad_box", "missing_image", "duplicate_id", ...) that skip counts group by."""
 
-    def __init__(self, record_id, file, message, reason="invalid"):
+    def __init__(self, record_id, file, message, reason="invalid", position=None):
         self.record_id, self.file, self.message, self.reason = record_id, file, message, reason
-        super().__init__(f"record id={record_id!r} in {file}: {message}")
+        self.position = position
+        where = f" (index {position})" if position is not None else ""
+        super().__init__(f"record id={record_id!r}{where} in {file}: {message}")
+
+
+def record_error(rec, message, reason):
+    """``RecordError`` for the loaded record ``rec`` (its id, ``_file`` and ``_pos``)."""
+    rid = rec.get("id") if isinstance(rec, dict) else None
+    file = rec.get("_file", "<no metadata file>") if isinstance(rec, dict) else "<no metadata file>"
+    return RecordError(rid, file, message, reason, rec.get("_pos") if isinstance(rec, dict) else None)
+
+
+def outside_root(image):
+    """True when the image path ``image`` is absolute or climbs out of the data root with ``..`` (a lexical check:
+    symbolic links inside the root are allowed)."""
+    norm = os.path.normpath(image)
+    return os.path.isabs(image) or norm == os.pardir or norm.startswith(os.pardir + os.sep)
 
 
 def has_image_fake(fake_cls):
@@ -84,12 +105,12 @@ def _check_text_pos(rec, fail):
              "bad_text_pos")
 
 
-def validate_record(rec, file):
+def validate_record(rec, file, position=None):
     """Raise ``RecordError`` unless ``rec`` is a well-formed DGM4 record (see module docstring)."""
     rid = rec.get("id") if isinstance(rec, dict) else None
 
     def fail(message, reason):
-        raise RecordError(rid, file, message, reason)
+        raise RecordError(rid, file, message, reason, position)
 
     if not isinstance(rec, dict):
         fail(f"record must be a JSON object, got {type(rec).__name__}", "missing_field")
@@ -108,28 +129,45 @@ def validate_record(rec, file):
         fail(f"caption {rec['text']!r} is empty after normalisation", "empty_caption")
     _check_box(rec, fail)
     _check_text_pos(rec, fail)
+    if outside_root(rec["image"]):
+        fail(f"image path {rec['image']!r} is outside the data root (absolute, or climbing out with '..'; image "
+             f"paths are relative to data.root)", "outside_data_root")
+
+
+def check_record(rec):
+    """``validate_record`` for a record loaded by ``read_metadata`` (its ``_file`` and ``_pos`` name it)."""
+    validate_record(rec["_value"] if "_value" in rec else rec, rec["_file"], rec["_pos"])
 
 
 def _read_json_array(path):
     if not os.path.exists(path):
-        raise FileNotFoundError(f"metadata file {path} does not exist (data.root and the *_files keys are "
-                                f"joined; image paths inside are relative to data.root)")
-    with open(path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"metadata file {path} is not valid JSON ({e})") from None
+        raise MissingDataError(f"metadata file {path} does not exist (data.root and the *_files keys are "
+                               f"joined; image paths inside are relative to data.root)")
+    data = read_json_text(path, "metadata file")
     if not isinstance(data, list):
-        raise ValueError(f"metadata file {path} must hold a JSON array of records, got {type(data).__name__}")
+        raise BadInputError(f"metadata file {path} must hold a JSON array of records, got {type(data).__name__}")
     return data
 
 
-def load_metadata(root, files, on_bad="fail"):
-    """Read and validate one or more metadata JSON arrays (paths relative to ``root``).
+def read_metadata(root, files):
+    """The raw records of the metadata files ``files`` (relative to ``root``), in file order, NOT validated. A
+    record that is a JSON object gets ``_file`` (its metadata path) and ``_pos`` (its index in the array); any
+    other value is wrapped as ``{"_file", "_pos", "_value"}`` so that ``check_record`` reports it."""
+    records = []
+    for name in [files] if isinstance(files, str) else files:
+        path = os.path.join(root, name)
+        for pos, rec in enumerate(_read_json_array(path)):
+            records.append(dict(rec, _file=path, _pos=pos) if isinstance(rec, dict)
+                           else {"_file": path, "_pos": pos, "_value": rec})
+    return records
 
-    Returns ``(records, skipped)``: records (dicts, each with ``_file`` = its metadata path) in file order, and a
-    ``collections.Counter`` of skipped records by reason (empty with ``on_bad="fail"``, which raises instead).
-    Prints one line per file and one line with the class mix.
+
+def load_metadata(root, files, on_bad="fail"):
+    """Read and validate one or more metadata JSON arrays (paths relative to ``root``; the preprocess scripts).
+
+    Returns ``(records, skipped)``: records (dicts, each with ``_file`` = its metadata path and ``_pos``) in file
+    order, and a ``collections.Counter`` of skipped records by reason (empty with ``on_bad="fail"``, which raises
+    instead). Prints one line per file and one line with the class mix.
     """
     if on_bad not in ("fail", "skip"):
         raise ValueError(f"on_bad must be 'fail' or 'skip', got {on_bad!r}")
@@ -139,15 +177,14 @@ def load_metadata(root, files, on_bad="fail"):
     for name in files:
         path = os.path.join(root, name)
         kept, bad = 0, collections.Counter()
-        for rec in _read_json_array(path):
+        for rec in read_metadata(root, [name]):
             try:
-                validate_record(rec, path)
+                check_record(rec)
             except RecordError as err:
                 if on_bad == "fail":
                     raise
                 bad[err.reason] += 1
                 continue
-            rec["_file"] = path
             records.append(rec)
             kept += 1
         skipped.update(bad)
@@ -164,18 +201,27 @@ def format_class_mix(records):
         f"{k} {counts[k]} ({100.0 * counts[k] / n:.1f}%)" for k in FAKE_CLS if counts[k])
 
 
+def image_error(path, err):
+    """``(reason, message)`` of an exception raised while opening or decoding the image ``path``."""
+    if isinstance(err, FileNotFoundError):
+        return "missing_image", (f"image {path} does not exist (image paths are relative to data.root; check it, "
+                                 f"and that the archives were extracted at the root)")
+    return "bad_image", f"cannot read image {path}: {type(err).__name__}: {err}"
+
+
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def _open_error(record, path, err):
-    rid = record.get("id") if record else None
-    file = record.get("_file", "<no metadata file>") if record else "<no metadata file>"
-    reason = "missing_image" if isinstance(err, FileNotFoundError) else "bad_image"
-    return RecordError(rid, file, f"cannot read image {path}: {type(err).__name__}: {err}", reason)
+    reason, message = image_error(path, err)
+    return record_error(record or {}, message, reason)
 
 
 def open_image(path, record=None):
     """Open lazily (header only) and return the PIL image; errors -> ``RecordError``."""
     try:
         return Image.open(path)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except IMAGE_ERRORS as err:
         raise _open_error(record, path, err) from None
 
 
@@ -194,7 +240,7 @@ def read_image_sized(path, record=None, draft_size=None):
             img.draft(img.mode, draft_size)
         img.load()
         return _to_rgb(img), size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except IMAGE_ERRORS as err:
         raise _open_error(record, path, err) from None
 
 
@@ -219,6 +265,5 @@ def check_box_in_image(record, size, tolerance=0.0):
     w, h = size
     tx, ty = tolerance * w, tolerance * h
     if box[0] < -tx or box[1] < -ty or box[2] > w + tx or box[3] > h + ty:
-        raise RecordError(record.get("id"), record.get("_file", "<no metadata file>"),
-                          f"fake_image_box {box} lies outside the {w}x{h} image "
-                          f"(tolerance {tolerance:g} of the size)", "box_outside_image")
+        raise record_error(record, f"fake_image_box {box} lies outside the {w}x{h} image {record.get('image')!r} "
+                           f"(tolerance {tolerance:g} of the size)", "box_outside_image")

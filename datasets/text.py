@@ -16,12 +16,16 @@ the token set of L_Asc, eqs. 18-20).
       offsets.
   ``count_label_disagreements`` counts the captions on which (a) and (b) differ.
 - ``content_word_mask(words)`` (per normalised word) and ``content_token_mask`` (per token).
+- ``word_token_mask(attention_mask)``: the real word tokens (no ``<s>``, ``</s>``, padding), ``batch["word_tokens"]``.
 """
 import hashlib
 import os
 import re
 
+import torch
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+from utils.errors import ConfigError, MissingDataError
 
 _DELETED = re.compile(r"[,.'!?\"()*#:;~]")
 _MULTI_SPACE = re.compile(r"\s{2,}")
@@ -104,7 +108,7 @@ def load_tokenizer(folder):
     from transformers import RobertaTokenizerFast
 
     if not os.path.isdir(folder):
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"tokenizer folder {folder!r} does not exist; point data.tokenizer at a local roberta-base folder "
             f"or build a small one with preprocess/train_tokenizer.py")
     return RobertaTokenizerFast.from_pretrained(folder, add_prefix_space=True, local_files_only=True)
@@ -121,10 +125,10 @@ def tokenizer_for(cfg):
 def check_tokenizer_fits(tokenizer, vocab_size, max_position_embeddings, max_len):
     """Raise if the tokenizer's ids or the padded length do not fit the text encoder's tables."""
     if len(tokenizer) > vocab_size:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but model.text.vocab_size is {vocab_size}")
+        raise ConfigError(f"tokenizer has {len(tokenizer)} tokens but model.text.vocab_size is {vocab_size}")
     # RoBERTa positions start at pad_id + 1, so max_len + pad_id + 1 rows are needed.
     if max_len + tokenizer.pad_token_id + 1 > max_position_embeddings:
-        raise ValueError(f"data.max_len {max_len} needs {max_len + tokenizer.pad_token_id + 1} position "
+        raise ConfigError(f"data.max_len {max_len} needs {max_len + tokenizer.pad_token_id + 1} position "
                          f"embeddings; model.text.max_position_embeddings is {max_position_embeddings}")
 
 
@@ -152,6 +156,16 @@ def encode(tokenizer, caption, max_len):
                     return_offsets_mapping=True)
     return {"input_ids": list(enc["input_ids"]), "attention_mask": list(enc["attention_mask"]),
             "offsets": [tuple(o) for o in enc["offset_mapping"]], "word_ids": enc.word_ids()}
+
+
+def word_token_mask(attention_mask):
+    """Real word tokens: attended positions minus ``<s>`` (position 0) and ``</s>`` (the last attended one), for an
+    ``attention_mask`` of shape (..., L) (right padding); a bool tensor of the same shape. The one definition of
+    the token set that VCTG's Top-K, its z-score and the text losses work on: the dataset puts it in the batch as
+    ``word_tokens``, and the model and the losses read it from there."""
+    length = attention_mask.long().sum(dim=-1, keepdim=True)
+    pos = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (pos >= 1) & (pos < length - 1)
 
 
 def _special_positions(enc):
@@ -204,7 +218,8 @@ def count_label_disagreements(tokenizer, records, max_len, max_words=50):
 
 
 STOPWORD_SOURCE = "sklearn ENGLISH_STOP_WORDS"   # the source id of data.stopwords = "sklearn" (the default)
-CONTENT_RULES = ("content word iff: not in the stop-word list (header's stopword_source); contains at least one alphanumeric "
+CONTENT_RULES = ("content word iff: not in the stop-word list (header's stopword_source); "
+                 "contains at least one alphanumeric "
                  "character (punctuation-only words are not content); contains at least one letter "
                  "(number-only words such as '2020', '50%', '$5' are not content)")
 
@@ -221,7 +236,7 @@ def load_stopwords(spec):
     if spec == "sklearn":
         return frozenset(ENGLISH_STOP_WORDS), STOPWORD_SOURCE
     if not os.path.isfile(spec):
-        raise FileNotFoundError(f"data.stopwords: {spec!r} is neither 'sklearn' nor a word-list file")
+        raise MissingDataError(f"data.stopwords: {spec!r} is neither 'sklearn' nor a word-list file")
     with open(spec, encoding="utf-8") as f:
         words = frozenset(w.strip() for w in f if w.strip() and not w.lstrip().startswith("#"))
     digest = hashlib.sha256("\n".join(sorted(words)).encode("utf-8")).hexdigest()[:16]

@@ -9,17 +9,18 @@
     stopwords  the word set of ``data.stopwords`` (the list the stop-word cache of training was made with)
     transform  the evaluation transform (resize to data.image_size, CLIP mean/std), ``draft_size`` as the dataset's
     meta       {"checkpoint", "epoch", "global_step", "git"} of the checkpoint
-The file is read once, with ``utils.checkpoint.load_checkpoint`` (``torch.load(weights_only=True)``).
+The file is read once, with ``utils.safe_load.load_weights_only`` (``torch.load(weights_only=True)`` after a static
+scan of its pickle; nothing from the file runs).
 
 Refusals, each a one-line ``error:`` and exit status 2 through ``utils.paths.exit_on_missing``: no file
-(``MissingDataError``); a file torch cannot read with ``weights_only=True``, one without ``model`` and ``config``
-entries (a METER export, a tokenizer file), or whose weights are not the CIEC of its own config
-(``BadInputError``); a missing tokenizer folder (``MissingDataError``); a tokenizer with more tokens than the text
-encoder's table, or another folder than the one the checkpoint was trained with (``identity.tokenizer_sha256``,
-which train.py writes into best.pth) (``BadInputError``); ``device="cuda"`` without a GPU (``BadInputError``).
+(``MissingDataError``); a folder, an empty, truncated or foreign file (text, an image), or one whose pickle names
+code or other objects than tensors and plain containers (``CheckpointError``, naming the path and the reason); a
+file without ``model`` and ``config`` entries (a METER export, a tokenizer file), or whose weights are not the CIEC
+of its own config (``BadInputError``); a missing tokenizer folder (``MissingDataError``); a tokenizer with more
+tokens than the text encoder's table, or another folder than the one the checkpoint was trained with
+(``identity.tokenizer_sha256``, which train.py writes into best.pth) (``BadInputError``); ``device="cuda"`` without a
+GPU (``BadInputError``).
 """
-import os
-import pickle
 from types import SimpleNamespace
 
 import torch
@@ -27,13 +28,10 @@ import torch
 from datasets.text import check_tokenizer_fits, load_stopwords, load_tokenizer
 from datasets.transforms import build_transform
 from models import build_model
-from utils.checkpoint import load_checkpoint
 from utils.config import DEFAULTS, merge
 from utils.loop import file_sha256
 from utils.paths import BadInputError, require
-
-# what torch.load raises on a file that is not a torch checkpoint, or holds objects weights_only refuses
-_UNREADABLE = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError)
+from utils.safe_load import load_weights_only
 
 
 def resolve_device(name=None):
@@ -50,13 +48,7 @@ def read_checkpoint(path):
     """The checkpoint dict (weights_only) and its config merged over DEFAULTS; refuses non-CIEC files."""
     require(path, "checkpoint", "give the best.pth (or last.pth) that train.py wrote, e.g. output/demo/best.pth "
             "after scripts/demo.sh")
-    if os.path.isdir(path):
-        raise BadInputError(f"checkpoint {path} is a folder; give the .pth file train.py wrote (best.pth)")
-    try:
-        state = load_checkpoint(path, restore_rng=False)
-    except _UNREADABLE as err:
-        raise BadInputError(f"{path} is not a checkpoint torch.load(weights_only=True) can read "
-                            f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    state = load_weights_only(path)
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or \
             not isinstance(state.get("config"), dict):
         keys = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__

@@ -3,7 +3,7 @@
 ``prepare_pair(predictor, image_path, text, boxes=None)`` -> ``SimpleNamespace`` with
     sample     the model inputs of one sample (docs/architecture.md "The batch", without labels): image (3,S,S),
                cand_boxes (n,4) normalised cx,cy,w,h zero-padded, cand_mask (n,), input_ids / attention_mask /
-               content_mask / word_index (L,); ``datasets.dgm4.collate`` stacks several
+               word_tokens / content_mask / word_index (L,); ``datasets.dgm4.collate`` stacks several
     path, text, size (W, H) of the original image
     boxes      (k,4) candidate boxes in the image's own pixels (xyxy), k <= data.num_boxes, in the order given to
                the model; ``detector_scores`` (k,) MTCNN confidences or None; ``source`` "mtcnn" or "user";
@@ -110,7 +110,7 @@ def prepare_pair(predictor, image_path, text, boxes=None):
     txt = text_inputs(predictor.tokenizer, text, word_mask, d["max_len"], d["max_words"])
     cand_boxes, cand_mask = candidate_tensors(found, size, d["num_boxes"])
     sample = {"image": image, "cand_boxes": cand_boxes, "cand_mask": cand_mask,
-              **{k: txt[k] for k in ("input_ids", "attention_mask", "content_mask", "word_index")}}
+              **{k: txt[k] for k in ("input_ids", "attention_mask", "word_tokens", "content_mask", "word_index")}}
     t3 = time.perf_counter()
     return SimpleNamespace(
         sample=sample, path=image_path, text=text, size=tuple(size), boxes=found, detector_scores=scores,

@@ -6,15 +6,14 @@ L_Asc = lam * L^T + L^F, on the token scores S^t (outputs ``token_scores``, (B,L
 - L^F (eq. 19), fake sentences (y_t = 1): the K2 content tokens with the highest S^t, K2 = min(#content,
   max(k2_min, ceil(k2_ratio * #content))); per sentence, mean BCE(S^t, 1) over them; then mean over the fake
   sentences with content tokens. Other tokens of fake sentences get no loss.
-Token set: content tokens, ``batch["content_mask"] > 0`` on real word tokens (never ``<s>``, ``</s>``, padding).
-S^t is exactly 0 off M_c (eqs. 13, 15), so other tokens would only dilute the mean.
-batch: ``y_t`` (B,), ``content_mask`` (B,L), ``attention_mask`` (B,L). Returns a float32 scalar; each part is 0
+Token set: content tokens, ``batch["content_mask"] > 0`` on real word tokens (``batch["word_tokens"]``: never
+``<s>``, ``</s>``, padding). S^t is exactly 0 off M_c (eqs. 13, 15), so other tokens would only dilute the mean.
+batch: ``y_t`` (B,), ``content_mask`` (B,L), ``word_tokens`` (B,L) bool. Returns a float32 scalar; each part is 0
 when its set is empty.
 """
 import torch
 
 from losses.text_mil import bce_prob
-from models.vctg import word_token_mask
 
 
 def _set_mean(per_sentence, members):
@@ -37,7 +36,7 @@ def asc_loss(outputs, batch, lam=2.0, k2_ratio=0.1, k2_min=1):
     """Eq. 20: lam * L^T (eq. 18) + L^F (eq. 19); see the module docstring."""
     s_t = outputs["token_scores"].float()
     y_t = batch["y_t"].to(s_t.device) > 0.5
-    content = (batch["content_mask"] > 0) & word_token_mask(batch["attention_mask"])
+    content = (batch["content_mask"] > 0) & batch["word_tokens"].bool()
     n_content = content.sum(dim=1)
     has_content = n_content > 0
 

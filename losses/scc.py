@@ -2,19 +2,17 @@
 
 V1 = pure real pairs (y_v = 0, y_t = 0), V2 = real image with fake text (y_v = 0, y_t = 1); pairs with a fake image
 are left out. For each sample, the mean of S_raw (eq. 14, outputs ``s_raw`` (B,L)) over its tokens in M_c^p, read
-as M_c * M_p: content tokens (``content_mask``) that are not padding (``attention_mask``); ``tokens="words"`` uses
-every real token except ``<s>``/``</s>`` instead. Samples with no such token leave their set.
+as M_c * M_p: content tokens (``content_mask``) among the real word tokens (``batch["word_tokens"]``: no padding,
+no ``<s>``/``</s>``); ``tokens="words"`` uses every real word token instead. Samples with no such token leave their set.
 L_Scc = ReLU(delta - (mean over V1 - mean over V2)); 0 when V1 or V2 is empty. Returns a float32 scalar.
 """
 import torch
-
-from models.vctg import word_token_mask
 
 
 def scc_loss(outputs, batch, delta=0.1, tokens="content"):
     """Eq. 21 margin between the mean visual support of real pairs and of real-image/fake-text pairs."""
     s_raw = outputs["s_raw"].float()
-    valid = word_token_mask(batch["attention_mask"])
+    valid = batch["word_tokens"].bool()
     if tokens == "content":
         valid = valid & (batch["content_mask"] > 0)
     elif tokens != "words":

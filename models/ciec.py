@@ -1,6 +1,7 @@
 """CIEC model wiring (CIEC paper section 2, Figure 2): backbone + CFA (2.2), eq. 1 head, TRPS (2.3), VCTG (2.4).
 
 ``CIEC.forward(batch)`` reads ``image`` (B,3,S,S), ``input_ids`` / ``attention_mask`` (B,L), ``content_mask`` (B,L),
+``word_tokens`` (B,L) bool (``datasets.text.word_token_mask``),
 ``cand_boxes`` (B,n,4), ``cand_mask`` (B,n) and, in training mode only, ``y_v`` (B,) (TRPS training filter and
 I_valid). It returns one flat dict (N = (S / patch)^2 patches, D = model.hidden_size):
 
@@ -35,7 +36,8 @@ class CIEC(nn.Module):
         v_pat_hat, v_pat_raw = feats["v_hat"][:, 1:], feats["v_raw"][:, 1:]
         y_v = batch["y_v"] if self.training else None
         out = self.trps(v_pat_hat, v_pat_raw, feats["t_raw"][:, 0], batch["cand_boxes"], batch["cand_mask"], y_v)
-        text = self.vctg(feats["t_hat"], feats["t_raw"], v_pat_raw, batch["attention_mask"], batch["content_mask"])
+        text = self.vctg(feats["t_hat"], feats["t_raw"], v_pat_raw, batch["attention_mask"], batch["content_mask"],
+                         batch["word_tokens"])
         clash = set(out) & set(text)
         assert not clash, f"TRPS and VCTG both return {sorted(clash)}"
         out.update(text)

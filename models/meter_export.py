@@ -4,7 +4,7 @@ METER; pretrain.py produces the same kind of file at toy scale).
 ``meter_state_dict(pretrainer)`` is the exact inverse of ``models.pretrained.meter_to_backbone``:
 
     backbone.vit_model.<timm name>       -> vit_model.visual.<CLIP name>   (cls_token (1,1,D) -> class_embedding (D,),
-                                                                           pos_embed (1,1+N,D) -> positional_embedding (1+N,D))
+                                            pos_embed (1,1+N,D) -> positional_embedding (1+N,D))
     backbone.text_transformer.*          -> text_transformer.*             (HF RobertaModel names, unchanged)
     backbone.cfa.<METER fusion name>     -> <METER fusion name>            (cross_modal_*, token_type_embeddings)
     mlm_score.*, itm_score.*             -> mlm_score.*, itm_score.*       (METER's head names, unchanged)
@@ -15,6 +15,7 @@ loads it through ``models/pretrained.py`` with its exact key report (left over: 
 """
 from models.pretrained import timm_visual_name
 from utils.checkpoint import atomic_torch_save
+
 
 def timm_to_clip_name(name):
     """timm ViT key -> CLIP visual key (without ``visual.``); raises for a key METER's ViT does not have."""

@@ -9,13 +9,21 @@ Attribute names are METER's, so ``models/meter_export.py`` writes ``mlm_score.*`
 - ``ITMHead`` (``itm_score``): ``fc`` Linear(2D, 2) on Concat(t_cls, v_cls) (METER's ``cls_feats``: text pooler
   first). Inputs (B,D), (B,D); output (B,2) logits (class 1 = matched pair).
 
-``MeterPretrainer(backbone, vocab_size)`` runs METER's two objectives in one forward:
+- ``ITCHead`` (optional, ``pretrain.itc``; NOT part of METER, which trains only MLM and ITM): ALBEF's image-text
+  contrastive head (Li et al. 2021, eq. 1-2) on the UNIMODAL features before the CFA: ``image_proj`` (Dv->P) on the
+  ViT's V_cls and ``text_proj`` (Dt->P) on RoBERTa's T_cls of the plain caption, L2-normalised, times
+  exp(``logit_scale``) (learnable, CLIP's init 1/0.07, capped at 100). Inputs (B,Dv), (B,Dt); output (B,B) logits,
+  row i = image i against every caption of the batch. It is a pre-training head only: the METER export leaves it
+  out (docs/implementation_notes.md "Pre-training": why it is there).
+
+``MeterPretrainer(backbone, vocab_size, itc_dim=None)`` runs METER's two objectives (and ITC) in one forward:
 
     batch: image (B,3,S,S); mlm_ids, input_ids, attention_mask (B,L); mlm_labels (B,L) (-100 off masked
            tokens); itm_text (B,) long: the batch row whose caption is paired with image i for ITM
     V = ViT(image) once; T = RoBERTa([mlm_ids; input_ids]) in one call of 2B rows
     CFA on 2B pairs: (V_i, masked caption_i) for MLM and (V_i, caption_itm_text[i]) for ITM
     -> {"mlm_logits": (M,V) at the M masked positions, "mlm_labels": (M,), "itm_logits": (B,2)}
+       + {"itc_logits": (B,B)} with ``itc_dim`` (ITCHead on V[:, 0] and the plain captions' T[:, 0])
 
 The two losses are in ``losses/meter.py``.
 
@@ -23,6 +31,8 @@ The MLM stream is the CFA text stream T-hat (what VCTG reads), conditioned on th
 read the two poolers (what the eq. 1 head reads). ``mlm_logits`` runs MLM alone, for validation with the true
 or a swapped picture.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,10 +72,24 @@ class ITMHead(nn.Module):
         return self.fc(torch.cat([t_cls, v_cls], dim=-1))
 
 
-class MeterPretrainer(nn.Module):
-    """CIEC backbone (ViT + RoBERTa + CFA) with METER's ``mlm_score`` and ``itm_score``; see the module doc."""
+class ITCHead(nn.Module):
+    def __init__(self, image_dim, text_dim, proj_dim):
+        super().__init__()
+        self.image_proj = nn.Linear(image_dim, proj_dim)
+        self.text_proj = nn.Linear(text_dim, proj_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
-    def __init__(self, backbone, vocab_size):
+    def forward(self, v_cls, t_cls):
+        v = F.normalize(self.image_proj(v_cls), dim=-1)
+        t = F.normalize(self.text_proj(t_cls), dim=-1)
+        return self.logit_scale.exp().clamp(max=100.0) * v @ t.t()
+
+
+class MeterPretrainer(nn.Module):
+    """CIEC backbone (ViT + RoBERTa + CFA) with METER's ``mlm_score`` and ``itm_score`` (and, with ``itc_dim``,
+    ALBEF's contrastive ``itc_score``); see the module doc."""
+
+    def __init__(self, backbone, vocab_size, itc_dim=None):
         super().__init__()
         hidden = backbone.cfa.token_type_embeddings.embedding_dim
         self.backbone = backbone
@@ -73,6 +97,10 @@ class MeterPretrainer(nn.Module):
         self.itm_score = ITMHead(hidden)
         self.mlm_score.apply(init_meter_weights)
         self.itm_score.apply(init_meter_weights)
+        self.itc_score = None
+        if itc_dim:
+            text_dim = backbone.text_transformer.config.hidden_size
+            self.itc_score = ITCHead(backbone.vit_model.embed_dim, text_dim, itc_dim)
 
     def forward(self, batch):
         image_feats = self.backbone.encode_image(batch["image"])
@@ -83,9 +111,12 @@ class MeterPretrainer(nn.Module):
         fused = self.backbone.cfa(torch.cat([image_feats, image_feats]), torch.cat([text[:b], text[b:][itm_text]]),
                                   text_mask=torch.cat([mask, mask[itm_text]]))
         masked = batch["mlm_labels"] != -100
-        return {"mlm_logits": self.mlm_score(fused["t_hat"][:b][masked]).float(),
-                "mlm_labels": batch["mlm_labels"][masked],
-                "itm_logits": self.itm_score(fused["t_cls"][b:], fused["v_cls"][b:]).float()}
+        out = {"mlm_logits": self.mlm_score(fused["t_hat"][:b][masked]).float(),
+               "mlm_labels": batch["mlm_labels"][masked],
+               "itm_logits": self.itm_score(fused["t_cls"][b:], fused["v_cls"][b:]).float()}
+        if self.itc_score is not None:
+            out["itc_logits"] = self.itc_score(image_feats[:, 0], text[b:, 0]).float()
+        return out
 
     def mlm_logits(self, image, mlm_ids, attention_mask, mlm_labels):
         """MLM only (validation): (M,V) logits at the masked positions of ``mlm_labels``, image rows as given."""

@@ -11,6 +11,8 @@ Inputs (B batch, L tokens incl. position 0 = ``<s>``, N patches):
     v_pat_raw      (B,N,Dv)  raw ViT patch features V_pat
     attention_mask (B,L)     1 on ``<s> tokens </s>``, 0 on padding (right padding)
     content_mask   (B,L)     M_c: 1 on content-word tokens, 0 on stop words, specials, padding
+    word_tokens    (B,L)     bool, the real word tokens (``batch["word_tokens"]``, ``datasets.text.word_token_mask``):
+                             attended positions minus ``<s>`` and ``</s>``
 Outputs (dict): t_coarse (B,), s_it / s_raw / s_et / token_scores (B,L), t_fine, t_fine_logit (B,),
 token_prob (B,L) (= S^t, 0 off content tokens), token_pred long (B,L). With ``image_aid=False`` (Table 3
 "w/o Image-aid") the visual branch is neither built nor run: no ``s_raw`` / ``s_et`` keys, S^t = S^it, and L_Scc
@@ -24,13 +26,6 @@ GATES = ("softmax", "sigmoid")
 ZSCORE_TOKENS = ("content", "words")
 FINE_POOLS = ("weighted", "length")
 TEXT_DECISIONS = ("fine", "coarse")
-
-
-def word_token_mask(attention_mask):
-    """(B,L) bool: real word tokens, i.e. attended positions minus ``<s>`` (position 0) and ``</s>`` (last real)."""
-    length = attention_mask.long().sum(dim=1, keepdim=True)
-    pos = torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
-    return (pos >= 1) & (pos < length - 1)
 
 
 def topk_masked_mean(scores, mask, k):
@@ -82,8 +77,8 @@ class VCTG(nn.Module):
             else:
                 self.gate_head = nn.Linear(dim, 1)                # eq. 16 per-token W^et = sigmoid
 
-    def forward(self, t_hat, t_raw, v_pat_raw, attention_mask, content_mask):
-        words = word_token_mask(attention_mask)
+    def forward(self, t_hat, t_raw, v_pat_raw, attention_mask, content_mask, word_tokens):
+        words = word_tokens.bool()
         content = (content_mask > 0) & words
         t_hat = t_hat * attention_mask.unsqueeze(-1).to(t_hat.dtype)  # padding features never reach the conv
         t_coarse = topk_masked_mean(torch.sigmoid(self.coarse_head(t_hat).squeeze(-1).float()), words, self.topk)

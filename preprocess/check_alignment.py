@@ -7,23 +7,20 @@ word indices of ``fake_text_pos`` on hyphens, slashes, letter-digit glue and som
 (docs/implementation_notes.md, part 3). The clean rule aligns by character offsets. Prints one line per metadata
 file with the number of disagreeing captions and up to 10 example record ids.
 """
-import argparse
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.records import load_metadata  # noqa: E402
 from datasets.text import count_label_disagreements, load_tokenizer  # noqa: E402
+from utils.cli import ArgumentParser, positive_int  # noqa: E402
+from utils.errors import exit_on_user_error  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--metadata", nargs="+", required=True, help="metadata JSON files, relative to --data-root")
     parser.add_argument("--tokenizer", required=True, help="local tokenizer folder (roberta-base format)")
-    parser.add_argument("--max-len", type=int, default=50)
-    parser.add_argument("--max-words", type=int, default=50)
+    parser.add_argument("--max-len", type=positive_int, default=50)
+    parser.add_argument("--max-words", type=positive_int, default=50)
     args = parser.parse_args(argv)
     tokenizer = load_tokenizer(args.tokenizer)
     total_bad = total = 0
@@ -39,4 +36,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)  # a bad flag or unusable input: one `error:` line

@@ -15,7 +15,7 @@ detector process per CPU core (never more than the images to do), and to 1 with 
 A missing metadata file or config ends with one ``error:`` line naming it (exit status 2).
 
 Runs MTCNN (package ``mtcnn``, TensorFlow; imported lazily, only here) once on every distinct image that the
-metadata names and writes the cache with ``preprocess/cache_io.py``::
+metadata names and writes the cache with ``datasets/caches.py``::
 
     header:  {kind: "faces", detector: "mtcnn" | "metadata", package: "mtcnn 1.0.0" | null, thresholds: [p, r, o],
               min_face_size, data_root, metadata, created, git, (updated)}
@@ -27,26 +27,26 @@ metadata names and writes the cache with ``preprocess/cache_io.py``::
 them): scores are 1.0, 0.99, 0.98, ... in list order (the metadata has no scores), so "best first" is simply
 the metadata order. Resumable: a rerun skips images already in ``entries`` (images in ``errors`` are retried);
 the cache is saved atomically after every chunk, so a kill loses at most the chunk in flight. Unreadable
-images are recorded in ``errors`` and summarised at the end; they are not fatal.
+images are recorded in ``errors`` and summarised at the end; they are not fatal. A record whose image path is
+absolute or climbs out of the data root with ``..`` is a bad record (reason ``outside_data_root``,
+``datasets.records.validate_record``): never read, skipped and counted (or fatal with ``--on-bad-record fail``).
 
 ``init_detector`` + ``detect`` (with ``DEFAULT_MIN_FACE_SIZE`` and ``DEFAULT_THRESHOLDS``) are also what infer.py
 runs on a user's photo, so its candidate boxes are found exactly as the cache's.
 """
-import argparse
 import collections
 import datetime
 import os
 import re
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from datasets.caches import load_cache, make_header, save_cache  # noqa: E402
 from datasets.records import RecordError, load_metadata, read_image, read_image_sized  # noqa: E402
-from preprocess.cache_io import load_cache, make_header, save_cache  # noqa: E402
+from utils.cli import ArgumentParser, fraction, positive_int  # noqa: E402
+from utils.errors import BadInputError  # noqa: E402
 from utils.paths import add_config_args, exit_on_missing, require_metadata, resolve_preprocess_args  # noqa: E402
 
 DEFAULT_THRESHOLDS = (0.6, 0.7, 0.8)  # mtcnn 1.0.0 defaults for PNet, RNet, ONet
@@ -55,15 +55,15 @@ _WORKER = {}  # per-process detector state
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="MTCNN face-box cache for CIEC's candidate boxes")
+    p = ArgumentParser(description="MTCNN face-box cache for CIEC's candidate boxes")
     add_config_args(p, out_help="cache file (JSON; default data.root/data.face_cache)")
-    p.add_argument("--workers", type=int, default=None, help="detector processes (1: run in this process; "
+    p.add_argument("--workers", type=positive_int, default=None, help="detector processes (1: run in this process; "
                    "default: one per CPU core, 1 with --from-metadata)")
     p.add_argument("--from-metadata", action="store_true", help="use the records' mtcnn_boxes, no detector")
-    p.add_argument("--min-face-size", type=int, default=DEFAULT_MIN_FACE_SIZE)
-    p.add_argument("--thresholds", type=float, nargs=3, default=list(DEFAULT_THRESHOLDS),
+    p.add_argument("--min-face-size", type=positive_int, default=DEFAULT_MIN_FACE_SIZE)
+    p.add_argument("--thresholds", type=fraction, nargs=3, default=list(DEFAULT_THRESHOLDS),
                    metavar=("PNET", "RNET", "ONET"))
-    p.add_argument("--chunk", type=int, default=64, help="images per saved chunk")
+    p.add_argument("--chunk", type=positive_int, default=64, help="images per saved chunk")
     p.add_argument("--on-bad-record", choices=("fail", "skip"), default="skip",
                    help="invalid metadata records: stop, or skip them (counted)")
     return resolve_preprocess_args(p.parse_args(argv), "face_cache")
@@ -160,7 +160,7 @@ def check_resumable(old, new, path):
     """A cache may only be continued with the same detector settings."""
     for key in ("kind", "detector", "thresholds", "min_face_size"):
         if old.get(key) != new.get(key):
-            raise ValueError(f"{path}: existing cache has {key}={old.get(key)!r} but this run asks for "
+            raise BadInputError(f"{path}: existing cache has {key}={old.get(key)!r} but this run asks for "
                              f"{new.get(key)!r}; use another --out or delete the file")
 
 

@@ -21,20 +21,19 @@ records with exactly the DGM4 fields, ``image`` relative to DIR), DIR/synthetic_
 for pre-training; it shares no image with the benchmark splits and leaves their bytes unchanged.
 Every sample draws from its own RNG seeded by (seed, split, index): the output does not depend on --workers.
 """
-import argparse
 import json
 import math
 import multiprocessing as mp
 import os
 import re
 import shutil
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+
+from utils.cli import ArgumentParser, positive_int  # noqa: E402
+from utils.errors import BadInputError, exit_on_user_error  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tables
@@ -600,7 +599,7 @@ def summarise(records, small):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output folder (the data root)")
     p.add_argument("--train", type=int, default=2000)
     p.add_argument("--val", type=int, default=300)
@@ -609,7 +608,7 @@ def parse_args(argv=None):
     p.add_argument("--pretrain", type=int, default=0,
                    help="N > 0: also write metadata/pretrain.json, N pristine (orig) pairs with their own images "
                         "(ids 1000000+i) for pre-training; the train/val/test bytes do not change")
-    p.add_argument("--workers", type=int, default=1, help="processes (output does not depend on it)")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes (output does not depend on it)")
     p.add_argument("--trace-strength", type=float, default=STRENGTH,
                    help="scale of the forgery trace (TRACE x strength; docs/synthetic_benchmark.md)")
     p.add_argument("--distractor-trace", type=float, default=DISTRACTOR_TRACE,
@@ -658,7 +657,7 @@ def check_previous(args):
     if old == new:
         return
     if not args.overwrite:
-        raise SystemExit(f"{args.out} holds a benchmark generated with other settings "
+        raise BadInputError(f"{args.out} holds a benchmark generated with other settings "
                          f"({old or 'not recorded: an older generator'} vs now {new}); "
                          f"pass --overwrite to delete {', '.join(OUTPUTS)} there first, or choose another --out")
     for name in OUTPUTS:
@@ -723,4 +722,4 @@ def speed_report(n, wall, cpu, args):
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)  # a bad flag or a folder of another generation: one `error:` line

@@ -5,8 +5,8 @@ For every record, the normalised caption (``datasets.text.normalize_caption`` wi
 serves any ``data.max_words``) is split on spaces and each word gets 1 (content word) or 0 (stop word,
 punctuation-only or number-only; rules in ``datasets.text.content_word_mask``; the stop-word list is
 ``--stopwords`` / ``data.stopwords``: "sklearn" or a word-list file, ``datasets.text.load_stopwords``). The cache
-header records the list's source id; a cache made with another list is refused (here and by the dataset). The cache (format in
-preprocess/cache_io.py) has ``kind "stopwords"`` and entries keyed by ``str(record id)``:
+header records the list's source id; a cache made with another list is refused (here and by the dataset). The cache
+(format in datasets/caches.py) has ``kind "stopwords"`` and entries keyed by ``str(record id)``:
 ``{"mask": [0/1 per normalised word], "n_words": k}``. The dataset maps the word mask to tokens by offsets.
 
 Resumable: existing entries are kept and skipped; the cache is rewritten atomically every ``--chunk`` records.
@@ -22,19 +22,16 @@ Flags not given come from the config (default configs/ciec.yaml, ``--opts`` as i
 ``utils.paths.data_paths``: ``data.root``, the train, val and test files, ``data.root/data.stopword_cache``.
 A missing metadata file or config ends with one ``error:`` line naming it (exit status 2).
 """
-import argparse
-import os
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tqdm import tqdm  # noqa: E402
 
+from datasets.caches import load_cache, make_header, save_cache  # noqa: E402
 from datasets.records import RecordError, load_metadata  # noqa: E402
 from datasets.text import CONTENT_RULES, STOPWORD_SOURCE, content_word_mask, load_stopwords, normalize_caption  # noqa: E402
-from preprocess.cache_io import load_cache, make_header, save_cache  # noqa: E402
+from utils.cli import ArgumentParser, positive_int  # noqa: E402
 from utils.config import load_config  # noqa: E402
+from utils.errors import BadInputError  # noqa: E402
 from utils.paths import add_config_args, exit_on_missing, require_metadata, resolve_preprocess_args  # noqa: E402
 
 
@@ -47,22 +44,25 @@ def mask_entry(text, stopwords=None):
 
 def build_masks(records, out, chunk=10000, progress=True, stopwords="sklearn"):
     """Add the entries of ``records`` missing from the cache at ``out`` (``stopwords``: "sklearn" or a word-list
-    file); returns ``(n_new, n_total)``. A cache made with another stop-word list raises ValueError."""
+    file); returns ``(n_new, n_total)``. A cache made with another stop-word list raises BadInputError."""
     words, source = load_stopwords(stopwords)
     header, entries, errors = load_cache(out, "stopwords")
     old = header.get("stopword_source", STOPWORD_SOURCE)
     if entries and old != source:
-        raise ValueError(f"{out} was made with the stop-word list '{old}', this run uses '{source}': delete it "
+        raise BadInputError(f"{out} was made with the stop-word list '{old}', this run uses '{source}': delete it "
                          f"(or write elsewhere with --out) to rebuild every entry with the new list")
     header = make_header("stopwords", stopword_source=source, rules=CONTENT_RULES, max_words=None,
                          resumed_from=header.get("created"))
-    captions = {}
+    captions, first = {}, {}
     for rec in records:
         key = str(rec["id"])
         if key in captions and captions[key] != rec["text"]:
-            raise RecordError(rec["id"], rec["_file"], "another record with the same id has a different caption; "
-                              "the stop-word cache is keyed by id", "duplicate_id")
-        captions[key] = rec["text"]
+            other = first[key]
+            raise RecordError(rec["id"], rec["_file"], f"duplicate id: the record at index {other.get('_pos')} of "
+                              f"{other['_file']} has the same id and another caption (the stop-word cache is keyed "
+                              f"by id; ids must be unique)", "duplicate_id", rec.get("_pos"))
+        captions.setdefault(key, rec["text"])
+        first.setdefault(key, rec)
     todo = [key for key in captions if key not in entries]
     for n, key in enumerate(tqdm(todo, desc="stop-word masks", disable=not progress), 1):
         entries[key] = mask_entry(captions[key], words)
@@ -73,9 +73,9 @@ def build_masks(records, out, chunk=10000, progress=True, stopwords="sklearn"):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="content-word masks per record id (stop-word cache)")
+    parser = ArgumentParser(description="content-word masks per record id (stop-word cache)")
     add_config_args(parser, out_help="cache JSON file (default data.root/data.stopword_cache)")
-    parser.add_argument("--chunk", type=int, default=10000, help="records between atomic saves")
+    parser.add_argument("--chunk", type=positive_int, default=10000, help="records between atomic saves")
     parser.add_argument("--on-bad", choices=["fail", "skip"], default="fail")
     parser.add_argument("--stopwords", default=None, help="'sklearn' or a word-list file (default: the config's "
                         "data.stopwords when a config is read, else 'sklearn')")

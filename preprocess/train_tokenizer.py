@@ -10,14 +10,12 @@ Usage (from the repository root)::
 
     python preprocess/train_tokenizer.py --data-root data/DGM4 --metadata metadata/train.json --out checkpoints/tok
 """
-import argparse
 import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.records import load_metadata  # noqa: E402
 from datasets.text import load_tokenizer, normalize_caption  # noqa: E402
+from utils.cli import ArgumentParser, positive_int  # noqa: E402
+from utils.errors import exit_on_user_error  # noqa: E402
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
@@ -46,11 +44,11 @@ def train_tokenizer(captions, out_dir, vocab_size=2000, min_frequency=1, model_m
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--metadata", nargs="+", required=True, help="metadata JSON files relative to --data-root")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--vocab-size", type=int, default=2000)
+    parser.add_argument("--vocab-size", type=positive_int, default=2000)
     parser.add_argument("--on-bad", choices=["fail", "skip"], default="fail")
     args = parser.parse_args(argv)
     records, _ = load_metadata(args.data_root, args.metadata, on_bad=args.on_bad)
@@ -60,4 +58,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)  # a bad flag or unusable input: one `error:` line

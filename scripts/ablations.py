@@ -13,7 +13,6 @@ continues with the runs it has not finished. After every run the results page (`
 docs/results_synthetic.md) is rewritten: Tables 2 and 3 laid out like the paper's, mean and spread over seeds,
 the paper's numbers beside, and one line per row saying whether the paper's direction holds.
 """
-import argparse
 import json
 import os
 import subprocess
@@ -23,10 +22,16 @@ import time
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from utils.ablation_report import ROWS, write_results  # noqa: E402  (after the path line: scripts/ is not a package)
+from utils.ablation_report import ROWS, write_results  # noqa: E402
+from utils.cli import ArgumentParser, non_negative_int  # noqa: E402
 from utils.config import flatten  # noqa: E402
+from utils.errors import UserError, exit_on_user_error  # noqa: E402
+from utils.paths import load_entry_config  # noqa: E402
+
+
+class RunFailed(UserError):
+    """train.py or test.py of one run exited with an error (which it printed itself)."""
 
 
 def row_opts(row):
@@ -54,8 +59,10 @@ def run_one(args, row, seed):
                                 ("test", "test.py", ["--split", "test", "--out", os.path.join(run_dir, "eval_test")])):
         print(f"[{row} seed {seed}] {script}", flush=True)
         t0 = time.time()
-        subprocess.run([sys.executable, script, "--config", args.config, *extra, "--opts", *opts],
-                       cwd=ROOT, check=True)
+        proc = subprocess.run([sys.executable, script, "--config", args.config, *extra, "--opts", *opts], cwd=ROOT)
+        if proc.returncode != 0:
+            raise RunFailed(f"{script} of row {row}, seed {seed} exited with status {proc.returncode} (its message "
+                            f"is above); the finished runs are kept: run the same command again to continue")
         times[f"{step}_seconds"] = round(time.time() - t0, 1)
     with open(record + ".tmp", "w") as f:
         json.dump({"row": row, "seed": seed, "config": args.config, "opts": opts, **times}, f, indent=1)
@@ -64,10 +71,10 @@ def run_one(args, row, seed):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/demo.yaml", help="base config (the benchmark and sizes)")
     parser.add_argument("--rows", nargs="*", default=[r for r, _ in ROWS], choices=[r for r, _ in ROWS])
-    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
+    parser.add_argument("--seeds", nargs="*", type=non_negative_int, default=[0, 1])
     parser.add_argument("--out", default="output/ablations", help="one folder per row and seed")
     parser.add_argument("--results", default="docs/results_synthetic.md")
     parser.add_argument("--report-only", action="store_true", help="only rewrite --results from finished runs")
@@ -75,8 +82,17 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def check_configs(args):
+    """Load the config of every row once, so that a bad --config or --opts stops the study with one line before
+    any run starts (the runs read --config relative to the repository root)."""
+    for row in args.rows:
+        load_entry_config(os.path.join(ROOT, args.config), row_opts(row) + ["train.seed=0"] + list(args.opts))
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if not args.report_only:
+        check_configs(args)
     args.out = os.path.abspath(args.out)
     setting = {"config": args.config, "opts": list(args.opts), "seeds": args.seeds}
     if not args.report_only:
@@ -91,4 +107,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)  # a bad flag, config or failed run: one `error:` line

@@ -11,15 +11,12 @@ evaluates; nothing is trained.
 """
 import argparse
 import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from datasets.dgm4 import build_dataset, collate  # noqa: E402
+from datasets.dgm4 import audited_dataset, collate  # noqa: E402
 from datasets.pretrain import KINDS, load_word_kinds  # noqa: E402
 from datasets.text import tokenizer_for  # noqa: E402
 from models.backbone import build_backbone  # noqa: E402
@@ -64,7 +61,7 @@ def main(argv=None):
     model = MeterPretrainer(build_backbone(cfg, tok.pad_token_id), cfg["model"]["text"]["vocab_size"])
     model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True)["model"])
     model.eval()
-    ds = build_dataset(cfg, args.split)
+    ds = audited_dataset(cfg, args.split, tok)
     scores = {"true": [], "swapped": []}
     for start in range(0, len(ds), 64):
         batch = collate([ds[i] for i in range(start, min(len(ds), start + 64))])

@@ -1,4 +1,4 @@
-"""Test-suite setup: offline mode, quiet TensorFlow, repository root importable, and a tiny
+"""Test-suite setup: offline mode, quiet TensorFlow, and a tiny
 synthetic DGM4-format benchmark (generated, preprocessed and tokenised once per session)."""
 import os
 import subprocess
@@ -11,7 +11,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def run_script(*args, cwd=ROOT, timeout=600):

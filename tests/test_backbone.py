@@ -1,4 +1,5 @@
-"""Backbone and CFA (paper section 2.2): METER-parity of the ViT and the co-attention layers, shapes, autocast, gradients.
+"""Backbone and CFA (paper section 2.2): METER-parity of the ViT and the co-attention layers, shapes, autocast,
+gradients.
 
 The references below are written from METER's description (docs: meter_backbone.md sections 1-2):
 ``MeterVisual`` keeps METER's CLIP key names (conv1, class_embedding, positional_embedding, ln_pre,

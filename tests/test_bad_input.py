@@ -1,5 +1,8 @@
-"""Every bad-input case of the data pipeline, fail-fast (RecordError names id and metadata file) and
-skip-and-count; plus image formats that must be converted, not rejected (datasets/records.py, datasets/dgm4.py)."""
+"""Every bad-input case of the data pipeline, found by the up-front audit (datasets/audit.py) before any sample is
+read: fail (one BadRecordsError line naming id, index, metadata file and reason) and skip (the summary line counts
+it per reason, the record is left out); plus image formats that must be converted, not rejected
+(datasets/records.py). More audit cases (duplicate ids, paths outside the root, non-UTF-8 metadata, the image
+cache, train.py end to end): tests/test_audit.py."""
 import io
 import os
 
@@ -7,10 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datasets.audit import BadRecordsError
+from datasets.caches import load_cache, save_cache
 from datasets.records import RecordError, read_image
-from preprocess.cache_io import load_cache, save_cache
-from tests.test_dataset import H, W, make_dataset, make_records, write_bench, write_image
-from tests.test_dataset import tok  # noqa: F401  (module-scoped tokenizer fixture)
+from tests.test_dataset import (
+    H,
+    W,
+    make_dataset,
+    make_records,
+    tok,  # noqa: F401  (module-scoped tokenizer fixture)
+    write_bench,
+    write_image,
+)
 
 # (record index, mutation, reason); record k has fake_cls list(FAKE_CLS)[k]: 0 orig, 1 face_swap, 3 text_swap
 METADATA_CASES = {
@@ -35,22 +46,32 @@ METADATA_CASES = {
 
 
 def id_and_file(k):
-    return rf"id={10 + k}\b.*meta\.json"
+    return rf"id={10 + k}\b \(index {k}\) in \S*meta\.json"
+
+
+def check_fail_and_skip(kw, tok, capsys, k, reason):  # noqa: F811
+    """fail: one BadRecordsError line naming record 10 + k (id, index, file) and ``reason``; skip: the summary line
+    counts it under ``reason`` and the dataset leaves it out. Returns the failure message."""
+    with pytest.raises(BadRecordsError, match=id_and_file(k)) as info:
+        make_dataset(kw, tok)
+    message = str(info.value)
+    assert f"found 1 bad record(s) ({reason} 1): [{reason}] record id={10 + k}" in message and "\n" not in message
+    capsys.readouterr()
+    ds = make_dataset(kw, tok, on_bad="skip")
+    out = capsys.readouterr().out
+    assert f"1 left out (data.on_bad_record: skip): {reason} 1" in out and out.count("[audit]") == 1
+    assert len(ds) == 8 and 10 + k not in [r["id"] for r in ds.records]
+    assert all(ds[i]["image"].shape == (3, 32, 32) for i in range(len(ds)))
+    return message
 
 
 @pytest.mark.parametrize("case", sorted(METADATA_CASES))
-def test_metadata_errors_fail_and_skip(tmp_path, tok, case):  # noqa: F811
+def test_metadata_errors_fail_and_skip(tmp_path, tok, case, capsys):  # noqa: F811
     k, mutate, reason = METADATA_CASES[case]
     recs = make_records()
     mutate(recs[k])
     kw = write_bench(tmp_path, recs)
-    with pytest.raises(RecordError, match=id_and_file(k)) as info:
-        make_dataset(kw, tok)
-    assert info.value.reason == reason
-    ds = make_dataset(kw, tok, on_bad="skip")
-    assert len(ds) == 8 and dict(ds.skipped) == {reason: 1}
-    assert 10 + k not in [r["id"] for r in ds.records]
-    assert ds[7]["image"].shape == (3, 32, 32)
+    check_fail_and_skip(kw, tok, capsys, k, reason)
 
 
 def drop_face_entry(kw, recs, k):
@@ -84,28 +105,23 @@ CACHE_CASES = {"no_face_entry": (drop_face_entry, "no_cache_entry"),
 
 
 @pytest.mark.parametrize("case", sorted(CACHE_CASES))
-def test_cache_errors_fail_and_skip(tmp_path, tok, case):  # noqa: F811
+def test_cache_errors_fail_and_skip(tmp_path, tok, case, capsys):  # noqa: F811
     damage, reason = CACHE_CASES[case]
     recs = make_records()
     kw = write_bench(tmp_path, recs)
     damage(kw, recs, 5)
-    with pytest.raises(RecordError, match=id_and_file(5)) as info:
-        make_dataset(kw, tok)
-    assert info.value.reason == reason
-    ds = make_dataset(kw, tok, on_bad="skip")
-    assert len(ds) == 8 and dict(ds.skipped) == {reason: 1}
+    message = check_fail_and_skip(kw, tok, capsys, 5, reason)
+    assert ("faces.json" if "face" in case else "stopwords.json") in message
 
 
-def test_wrong_folder_layout_fails_at_load(tmp_path, tok):  # noqa: F811
+def test_wrong_folder_layout_fails_at_load(tmp_path, tok, capsys):  # noqa: F811
     recs = make_records()
     recs[6]["image"] = "DGM4/manipulation/infoswap/6.jpg"  # folder never extracted
     kw = write_bench(tmp_path, recs, images=False)
     for rec in recs[:6] + recs[7:]:
         write_image(os.path.join(str(tmp_path), rec["image"]))
-    with pytest.raises(RecordError, match=id_and_file(6) + ".*extracted"):
-        make_dataset(kw, tok)
-    ds = make_dataset(kw, tok, on_bad="skip")
-    assert len(ds) == 8 and dict(ds.skipped) == {"missing_image": 1}
+    message = check_fail_and_skip(kw, tok, capsys, 6, "missing_image")
+    assert "infoswap/6.jpg does not exist" in message and "extracted" in message
 
 
 def test_missing_cache_file(tmp_path, tok):  # noqa: F811
@@ -164,21 +180,13 @@ IMAGE_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(IMAGE_CASES))
-def test_image_errors_fail_and_skip(tmp_path, tok, case):  # noqa: F811
+def test_image_errors_fail_and_skip(tmp_path, tok, case, capsys):  # noqa: F811
+    """Found by the audit before any sample is read (a truncated JPEG no longer waits for its batch)."""
     damage, reason = IMAGE_CASES[case]
     kw = write_bench(tmp_path, make_records())
     damage(os.path.join(str(tmp_path), "img", "1.jpg"), kw)
-    ds = make_dataset(kw, tok)  # fail mode: found when the item is read
-    ds[0]
-    with pytest.raises(RecordError, match=id_and_file(1)) as info:
-        ds[1]
-    assert info.value.reason == reason
-    with pytest.raises(RecordError, match=id_and_file(1)):
-        ds.check_images()  # explicit pre-pass in fail mode raises the same error
-    skip = make_dataset(kw, tok, on_bad="skip")  # skip mode: the pre-pass drops it at construction
-    assert len(skip) == 8 and dict(skip.skipped) == {reason: 1}
-    assert [r["id"] for r in skip.records] == [10] + list(range(12, 19))
-    assert all(skip[i]["image"].shape == (3, 32, 32) for i in range(len(skip)))
+    message = check_fail_and_skip(kw, tok, capsys, 1, reason)
+    assert "img/1.jpg" in message
 
 
 def save_as(path, img, fmt):
@@ -202,7 +210,7 @@ def test_odd_formats_are_converted(tmp_path, tok, case, on_bad):  # noqa: F811
     original = Image.open(path).convert("RGB")
     CONVERTED[case](original, path)
     ds = make_dataset(kw, tok, on_bad=on_bad)
-    assert len(ds) == 9 and not ds.skipped
+    assert len(ds) == 9
     img = read_image(path, ds.records[1])
     assert img.mode == "RGB" and img.size == (W, H)
     diff = np.abs(np.asarray(img, dtype=float) - np.asarray(original, dtype=float)).mean()

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from datasets.text import word_token_mask
 from losses import build_criterion
 from models import build_model
 from models.heads import BinaryHead
@@ -45,7 +46,8 @@ def make_batch():
     boxes[~cand] = 0.0
     y_v, y_t = torch.tensor([0.0, 1.0, 0.0, 1.0]), torch.tensor([0.0, 0.0, 1.0, 1.0])
     return {"image": torch.randn(B, 3, S, S, generator=g), "input_ids": ids, "attention_mask": att,
-            "content_mask": content, "cand_boxes": boxes, "cand_mask": cand, "y_v": y_v, "y_t": y_t,
+            "word_tokens": word_token_mask(att), "content_mask": content, "cand_boxes": boxes, "cand_mask": cand,
+            "y_v": y_v, "y_t": y_t,
             "y_m": torch.maximum(y_v, y_t), "gt_box": torch.zeros(B, 4)}
 
 

@@ -5,8 +5,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets.records import (FAKE_CLS, RecordError, check_box_in_image, has_image_fake, has_text_fake,
-                              load_metadata, read_image, read_image_sized)
+from datasets.records import (
+    FAKE_CLS,
+    RecordError,
+    check_box_in_image,
+    check_record,
+    has_image_fake,
+    has_text_fake,
+    load_metadata,
+    outside_root,
+    read_image,
+    read_image_sized,
+    read_metadata,
+)
+from utils.errors import BadInputError, MissingDataError, UserError
 
 
 def good_record(i, cls="orig"):
@@ -46,23 +58,44 @@ def test_load_metadata_multiple_files(tmp_path, capsys):
 
 
 def test_load_metadata_file_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.json"):
+    with pytest.raises(MissingDataError, match="nope.json"):
         load_metadata(str(tmp_path), ["nope.json"])
     write_json(tmp_path / "obj.json", {"id": 1})
     with pytest.raises(ValueError, match="JSON array"):
         load_metadata(str(tmp_path), ["obj.json"])
     (tmp_path / "broken.json").write_text("[{")
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(BadInputError, match=r"broken\.json is not valid JSON \(line 1, column 3"):
         load_metadata(str(tmp_path), ["broken.json"])
+    (tmp_path / "latin.json").write_bytes('[\n{"text": "caf\u00e9"}]'.encode("latin-1"))
+    with pytest.raises(BadInputError, match=r"latin\.json is not UTF-8 text: byte 0xe9 at line 2 \(byte offset 15"):
+        load_metadata(str(tmp_path), ["latin.json"])
     with pytest.raises(ValueError, match="on_bad"):
         load_metadata(str(tmp_path), ["obj.json"], on_bad="ignore")
 
 
 def test_record_error_names_id_and_file():
     err = RecordError(42, "meta/train.json", "something broke", "bad_box")
-    assert isinstance(err, ValueError)
+    assert isinstance(err, ValueError) and isinstance(err, UserError)  # an entry point prints it as one line
     assert "42" in str(err) and "meta/train.json" in str(err) and "something broke" in str(err)
     assert err.reason == "bad_box" and err.record_id == 42
+    assert str(RecordError(7, "v.json", "bad", position=3)) == "record id=7 (index 3) in v.json: bad"
+
+
+def test_read_metadata_keeps_file_and_index_and_wraps_non_objects(tmp_path):
+    write_json(tmp_path / "m.json", [good_record(5), 17, good_record(6)])
+    recs = read_metadata(str(tmp_path), "m.json")
+    assert [(r.get("id"), r["_pos"]) for r in recs] == [(5, 0), (None, 1), (6, 2)]
+    assert all(r["_file"].endswith("m.json") for r in recs)
+    check_record(recs[0])
+    with pytest.raises(RecordError, match=r"id=None \(index 1\) in \S*m\.json: record must be a JSON object"):
+        check_record(recs[1])
+
+
+@pytest.mark.parametrize("path, outside", [("img/a.jpg", False), ("a/../b.jpg", False), ("./x/y.jpg", False),
+                                           ("../a.jpg", True), ("img/../../a.jpg", True), ("/abs/a.jpg", True),
+                                           ("..", True), ("..a/b.jpg", False)])
+def test_outside_root(path, outside):
+    assert outside_root(path) is outside
 
 
 def save(img, path, fmt):

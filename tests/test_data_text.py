@@ -3,9 +3,18 @@ import random
 
 import pytest
 
-from datasets.text import (IGNORE, align_words, benchmark_token_labels, clean_token_labels, content_token_mask,
-                           content_word_mask, count_label_disagreements, encode, load_tokenizer,
-                           normalize_caption)
+from datasets.text import (
+    IGNORE,
+    align_words,
+    benchmark_token_labels,
+    clean_token_labels,
+    content_token_mask,
+    content_word_mask,
+    count_label_disagreements,
+    encode,
+    load_tokenizer,
+    normalize_caption,
+)
 from preprocess.train_tokenizer import train_tokenizer
 
 CORPUS = ["the bulmer rizzi family won the award", "covid19 cases rose sharply in the city",

@@ -1,6 +1,7 @@
 """DGM4Dataset samples, flips of boxes and images, candidates, text fields, collate, build_dataset, transforms,
 and the preprocess CLIs (datasets/dgm4.py, datasets/transforms.py, preprocess/stopword_masks.py,
-preprocess/train_tokenizer.py). The helpers here also build the fixtures of tests/test_bad_input.py."""
+preprocess/train_tokenizer.py). The helpers here also build the fixtures of tests/test_bad_input.py and
+tests/test_audit.py (``write_bench`` writes a benchmark, ``make_dataset`` audits it and builds the dataset)."""
 import json
 import os
 import subprocess
@@ -11,11 +12,22 @@ import pytest
 import torch
 from PIL import Image
 
+from datasets.audit import BadRecordsError, audit_run, split_files
+from datasets.caches import load_cache, make_header, save_cache
 from datasets.dgm4 import DGM4Dataset, build_dataset, collate
 from datasets.records import FAKE_CLS
-from datasets.transforms import (CLIP_MEAN, CLIP_STD, EvalTransform, RandomAugment, ToNormalizedTensor,
-                                 TrainTransform, boxes_to_cxcywh, flip_boxes, resize_bicubic)
-from preprocess.cache_io import load_cache, make_header, save_cache
+from datasets.text import word_token_mask
+from datasets.transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    EvalTransform,
+    RandomAugment,
+    ToNormalizedTensor,
+    TrainTransform,
+    boxes_to_cxcywh,
+    flip_boxes,
+    resize_bicubic,
+)
 from preprocess.stopword_masks import build_masks
 from preprocess.train_tokenizer import main as train_tokenizer_main
 from preprocess.train_tokenizer import train_tokenizer
@@ -28,7 +40,7 @@ TEXTS = ["The Bulmer-Rizzi family won the award", "Covid19 cases rose sharply in
          "A man is holding a red umbrella", "The president met leaders in Paris/London"]
 ARCH_KEYS = {"index", "id", "fake_cls", "caption", "image", "y_m", "y_v", "y_t", "multi_label", "gt_box",
              "cand_boxes", "cand_mask", "input_ids", "attention_mask", "token_label", "token_label_clean",
-             "content_mask", "word_index", "orig_size"}
+             "word_tokens", "content_mask", "word_index", "orig_size"}
 
 
 def make_records():
@@ -50,7 +62,7 @@ def write_image(path, size=(W, H), box=BOX):
 
 
 def write_bench(root, records, faces=None, images=True):
-    """Write meta.json, images (if missing), faces.json and stopwords.json; return DGM4Dataset kwargs."""
+    """Write meta.json, images (if missing), faces.json and stopwords.json; return their paths (``bench_cfg``)."""
     root = str(root)
     with open(os.path.join(root, "meta.json"), "w") as f:
         json.dump(records, f)
@@ -73,10 +85,21 @@ def tok(tmp_path_factory):
     return train_tokenizer([t.lower() for t in TEXTS] * 5, str(tmp_path_factory.mktemp("tok")), vocab_size=300)
 
 
-def make_dataset(kw, tok, **over):
-    args = dict(image_size=32, max_len=24, max_words=50, num_boxes=3, train=False, on_bad="fail")
-    args.update(over)
-    return DGM4Dataset(tokenizer=tok, **kw, **args)
+def bench_cfg(kw, **data):
+    """Config over a ``write_bench`` benchmark: every split reads meta.json, small sizes, ``data`` overrides;
+    train.output_dir (where the audit keeps its image cache) is <root>/out."""
+    caches = {"face_cache": os.path.relpath(kw["face_cache"], kw["root"]),
+              "stopword_cache": os.path.relpath(kw["stopword_cache"], kw["root"])}
+    sizes = {"image_size": 32, "max_len": 24, "max_words": 50, "num_boxes": 3}
+    files = {f"{split}_files": list(kw["files"]) for split in ("train", "val", "test")}
+    return merge(DEFAULTS, {"data": {"root": kw["root"], **files, **caches, **sizes, **data},
+                            "train": {"output_dir": os.path.join(kw["root"], "out")}})
+
+
+def make_dataset(kw, tok, on_bad="fail", train=False, **data):
+    """Audit meta.json (``datasets.audit.audit_run``, as the "test" split) and build its dataset."""
+    cfg = bench_cfg(kw, on_bad_record=on_bad, **data)
+    return build_dataset(cfg, audit_run(cfg, {"test": kw["files"]}), "test", tok, train=train)
 
 
 def test_sample_keys_shapes_and_labels(tmp_path, tok):
@@ -95,11 +118,31 @@ def test_sample_keys_shapes_and_labels(tmp_path, tok):
         for key in ("input_ids", "attention_mask", "token_label", "token_label_clean"):
             assert s[key].shape == (24,) and s[key].dtype == torch.long
         assert s["content_mask"].shape == (24,) and s["content_mask"].dtype == torch.float32
+        assert s["word_tokens"].dtype == torch.bool and torch.equal(s["word_tokens"],
+                                                                   word_token_mask(s["attention_mask"]))
+        assert int(s["word_tokens"].sum()) == int(s["attention_mask"].sum()) - 2  # no <s>, </s>, padding
         assert s["cand_boxes"].shape == (3, 4) and s["cand_mask"].dtype == torch.bool
         if not any(target[2:]):
             assert (s["token_label"] == 1).sum() == 0 and (s["token_label_clean"] == 1).sum() == 0
         if not any(target[:2]):
             assert s["gt_box"].abs().sum() == 0
+
+
+def test_dataset_is_a_thin_map_that_prints_nothing(tmp_path, tok, capsys):
+    kw = write_bench(tmp_path, make_records())
+    audited = make_dataset(kw, tok)
+    capsys.readouterr()
+    thin = DGM4Dataset(audited.records, kw["root"], audited.faces, audited.stopwords, tok, image_size=32, max_len=24,
+                       num_boxes=3)
+    os.remove(kw["face_cache"])
+    os.remove(kw["stopword_cache"])  # the dataset reads no cache file: it was given the entries
+    assert len(thin) == 9
+    for i in (1, 5):
+        sample, ref = thin[i], audited[i]
+        assert set(sample) == ARCH_KEYS
+        for key in ("image", "input_ids", "content_mask", "cand_boxes", "gt_box", "token_label"):
+            assert torch.equal(sample[key], ref[key]), key
+    assert capsys.readouterr().out == ""
 
 
 def test_gt_box_and_image_flip_together(tmp_path, tok):
@@ -208,18 +251,24 @@ def test_collate_and_dataloader(tmp_path, tok):
 
 
 def test_build_dataset_splits(tmp_path, tok):
-    write_bench(tmp_path, make_records())
-    tok.save_pretrained(str(tmp_path / "tok"))
-    cfg = merge(DEFAULTS, {"data": {"root": str(tmp_path), "train_files": ["meta.json"], "val_files": ["meta.json"],
-                                    "test_files": ["meta.json"], "tokenizer": str(tmp_path / "tok"),
-                                    "face_cache": "faces.json", "stopword_cache": "stopwords.json",
-                                    "image_size": 32, "max_len": 20, "num_boxes": 2}})
-    train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    recs = make_records()
+    kw = write_bench(tmp_path, recs)
+    with open(tmp_path / "val.json", "w") as f:  # train and val must not share ids: val gets ids 100+
+        json.dump([dict(r, id=100 + k) for k, r in enumerate(recs)], f)
+    build_masks([dict(r, _file="val.json", id=100 + k) for k, r in enumerate(recs)], kw["stopword_cache"],
+                progress=False)
+    cfg = bench_cfg(kw, val_files=["val.json"], max_len=20, num_boxes=2)
+    audited = audit_run(cfg, split_files(cfg, ["train", "val"]))
+    train, val = build_dataset(cfg, audited, "train", tok), build_dataset(cfg, audited, "val", tok)
     assert isinstance(train.transform, TrainTransform) and isinstance(val.transform, EvalTransform)
     assert len(train) == len(val) == 9 and val[0]["input_ids"].shape == (20,)
-    assert val[0]["cand_boxes"].shape == (2, 4)
-    with pytest.raises(ValueError, match="split"):
-        build_dataset(cfg, "dev")
+    assert val[0]["cand_boxes"].shape == (2, 4) and val[0]["id"] == 100 and train[0]["id"] == 10
+    assert isinstance(build_dataset(cfg, audited, "val", tok, train=True).transform, TrainTransform)
+    with pytest.raises(ValueError, match="split 'test' was not audited"):
+        build_dataset(cfg, audited, "test", tok)
+    same = bench_cfg(kw)  # train and val both read meta.json: every id appears twice
+    with pytest.raises(BadRecordsError, match=r"9 bad record.*duplicate_id 9"):
+        audit_run(same, split_files(same, ["train", "val"]))
 
 
 def test_stopword_cli_script_and_resume(tmp_path):
@@ -250,12 +299,10 @@ def test_stopword_list_is_a_choice_recorded_in_the_cache(tmp_path, tok):
     write_bench(tmp_path, recs)      # cache made with sklearn's list
     words = tmp_path / "stop.txt"
     words.write_text("# keep negations and numerals as content words\nthe\nwon\n")
-    tok.save_pretrained(str(tmp_path / "tok"))
-    cfg = merge(DEFAULTS, {"data": {"root": str(tmp_path), "test_files": ["meta.json"], "tokenizer": str(tmp_path / "tok"),
-                                    "face_cache": "faces.json", "stopword_cache": "stopwords.json",
-                                    "image_size": 32, "max_len": 20, "num_boxes": 2, "stopwords": str(words)}})
+    kw = {"root": str(tmp_path), "files": ["meta.json"], "face_cache": str(tmp_path / "faces.json"),
+          "stopword_cache": str(tmp_path / "stopwords.json")}
     with pytest.raises(ValueError, match=r"made with the list 'sklearn ENGLISH_STOP_WORDS'.*word list stop.txt"):
-        build_dataset(cfg, "test")
+        make_dataset(kw, tok, stopwords=str(words))
     with pytest.raises(ValueError, match="delete it"):
         build_masks([dict(r, _file="meta.json") for r in recs], str(tmp_path / "stopwords.json"), progress=False,
                     stopwords=str(words))
@@ -265,7 +312,7 @@ def test_stopword_list_is_a_choice_recorded_in_the_cache(tmp_path, tok):
     header, entries, _ = load_cache(str(tmp_path / "stopwords.json"), "stopwords")
     assert header["stopword_source"].startswith("word list stop.txt (2 words, sha256 ")
     assert entries["10"]["mask"] == [0, 1, 1, 1, 0, 0, 1]  # the bulmer rizzi family won the award: stop = the, won
-    assert len(build_dataset(cfg, "test")) == len(recs)
+    assert len(make_dataset(kw, tok, stopwords=str(words))) == len(recs)
 
 
 def test_train_tokenizer_cli(tmp_path, capsys):

@@ -5,9 +5,9 @@ import os
 import pytest
 from PIL import Image
 
+from datasets.caches import load_cache, make_header, save_cache
 from preprocess import detect_faces as df
 from preprocess import make_synthetic as ms
-from preprocess.cache_io import load_cache, make_header, save_cache
 
 
 @pytest.fixture()

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils import dist, evaluator as ev_mod
+from utils import dist
+from utils import evaluator as ev_mod
 from utils.evaluator import DGM4Evaluator, flatten_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,6 +15,7 @@ import os
 import pytest
 import torch
 
+from datasets.text import word_token_mask
 from tests.conftest import run_script, tiny_opts
 from tests.test_train import _losses, _train
 from utils.checkpoint import load_checkpoint, serialized_nbytes
@@ -35,6 +36,7 @@ def _batch(cfg, batch_size=4, seed=0):
     y_v = (torch.arange(batch_size) % 2).float()
     y_t = ((torch.arange(batch_size) // 2) % 2).float()
     return {"image": torch.randn(batch_size, 3, S, S, generator=g), "input_ids": ids, "attention_mask": mask,
+            "word_tokens": word_token_mask(mask),
             "content_mask": (torch.rand(batch_size, L, generator=g) > 0.5).float() * mask,
             "cand_boxes": torch.rand(batch_size, n, 4, generator=g) * 0.3 + torch.tensor([0.35, 0.35, 0.05, 0.05]),
             "cand_mask": torch.ones(batch_size, n, dtype=torch.bool), "y_v": y_v, "y_t": y_t,

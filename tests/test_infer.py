@@ -19,18 +19,20 @@ import torch
 from PIL import Image
 
 import infer
-from datasets.dgm4 import build_dataset, text_inputs
+from datasets.caches import load_cache
+from datasets.dgm4 import audited_dataset, text_inputs
+from datasets.text import tokenizer_for
+from inference.figures import _sample_words
 from inference.loading import load_for_inference
 from inference.pairs import prepare_pair
 from inference.results import word_results
 from inference.untrained import untrained_checkpoint
 from preprocess import detect_faces
-from preprocess.cache_io import load_cache
 from tests.conftest import ROOT, run_script, tiny_opts
 from utils.box_ops import norm_cxcywh_to_pixel_xyxy
 from utils.config import load_config
 from utils.paths import exit_on_missing
-from utils.visualize import ORANGE, RED, _sample_words
+from utils.visualize import ORANGE, RED
 
 ASTRONAUT_FACE = [180, 64, 265, 171]  # tests/test_detect_faces.py
 # token decisions independent of the sentence gate, at a threshold that the random weights straddle
@@ -163,7 +165,7 @@ def test_batch_mode_matches_test_py_and_reports_broken_lines(setup, tmp_path):
     preds = [json.loads(line) for line in open(tmp_path / "eval" / "predictions.jsonl")]
     vis = np.asarray(Image.open(next((tmp_path / "eval" / "vis").iterdir())).convert("RGB")).reshape(-1, 3)
     assert np.all(vis == ORANGE, axis=1).sum() > 50  # test.py's pictures: candidates and legend
-    dataset = build_dataset(setup["cfg"], "test")
+    dataset = audited_dataset(setup["cfg"], "test", tokenizer_for(setup["cfg"]))
     ours = [r for r in rows if "error" not in r and r["candidate_source"] == "user"]
     flags = {"word": 0, "box": 0}
     for pred, row in zip(preds, ours):
@@ -215,8 +217,8 @@ def test_unusable_inputs_exit_2_and_write_nothing(setup, tmp_path, capsys):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pth")
     assert "not a CIEC checkpoint" in _fails(setup, capsys, "--checkpoint", str(tmp_path / "other.pth"),
                                              "--image", setup["photo"], "--text", "A man.", *files)
-    assert "weights_only" in _fails(setup, capsys, "--checkpoint", str(text_file), "--image", setup["photo"],
-                                    "--text", "A man.", *files)
+    assert "is not a torch checkpoint: it is a text file" in _fails(
+        setup, capsys, "--checkpoint", str(text_file), "--image", setup["photo"], "--text", "A man.", *files)
     small = _edited_checkpoint(setup, tmp_path / "small.pth", lambda s: s["config"]["model"]["text"].update(
         vocab_size=100))  # the tokenizer has 600 tokens
     assert "another tokenizer size" in _fails(setup, capsys, "--checkpoint", small, "--image", setup["photo"],

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from datasets.text import word_token_mask
 from losses.asc import asc_loss, topk_token_mask
 from losses.scc import scc_loss
 from losses.text_mil import bce_prob, t_coarse_loss, t_fine_loss
@@ -23,7 +24,8 @@ def seq_masks(n_content, n_stop=1, length=None):
 def batch_of(rows, y_t, y_v=None, length=12):
     attn, content = zip(*(seq_masks(n, length=length) for n in rows))
     y_t = torch.tensor(y_t, dtype=torch.float)
-    return {"attention_mask": torch.stack(attn), "content_mask": torch.stack(content), "y_t": y_t,
+    return {"attention_mask": torch.stack(attn), "word_tokens": word_token_mask(torch.stack(attn)),
+            "content_mask": torch.stack(content), "y_t": y_t,
             "y_v": torch.zeros_like(y_t) if y_v is None else torch.tensor(y_v, dtype=torch.float)}
 
 
@@ -98,6 +100,23 @@ def test_asc_true_sentences_hand_value_with_lambda():
     per1 = (-2 * math.log(0.9) - math.log(0.6)) / 3
     value = asc_loss({"token_scores": s}, batch, lam=2.0, k2_ratio=0.1, k2_min=1)
     assert math.isclose(value.item(), 2.0 * (per0 + per1) / 2, rel_tol=1e-5)
+
+
+def test_asc_and_scc_read_the_word_tokens_of_the_batch():
+    """The token set is ``batch["word_tokens"]`` (made by the dataset), not recomputed from the attention mask."""
+    batch = batch_of([2, 3], y_t=[0.0, 0.0])
+    s = torch.zeros(2, 12)
+    s[0, 2:4] = torch.tensor([0.5, 0.2])
+    s[1, 2:5] = torch.tensor([0.1, 0.1, 0.4])
+    fewer = dict(batch, word_tokens=batch["word_tokens"].clone())
+    fewer["word_tokens"][1] = False                          # row 1 has no word token left: only row 0 counts
+    per0 = (-math.log(0.5) - math.log(0.8)) / 2
+    value = asc_loss({"token_scores": s}, fewer, lam=2.0, k2_ratio=0.1, k2_min=1)
+    assert math.isclose(value.item(), 2.0 * per0, rel_tol=1e-5)
+    outputs, scc_batch = scc_case([0.3, 0.3, 0.3, 0.3], y_t=[0, 0, 1, 1], y_v=[0, 0, 0, 0])
+    assert scc_loss(outputs, scc_batch, delta=0.1).item() == pytest.approx(0.1)
+    scc_batch["word_tokens"][2:] = False                     # the fake-text pairs lose their tokens: V2 is empty
+    assert scc_loss(outputs, scc_batch, delta=0.1).item() == 0.0
 
 
 @pytest.mark.parametrize("rows, y_t", [([3, 4], [0.0, 0.0]), ([3, 4], [1.0, 1.0]), ([0, 0], [0.0, 1.0]),

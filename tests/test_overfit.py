@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.dgm4 import build_dataset, collate
+from datasets.dgm4 import audited_dataset, collate
+from datasets.text import tokenizer_for
 from models.trps import TRPS, box_soft_masks
 from tests.conftest import tiny_opts, train_full_batch
 from utils.config import load_config
@@ -67,7 +68,7 @@ def overfit(tiny_benchmark, tmp_path_factory):
     # the train split read through the "val" slot, so that the eval transform (fixed images) is used
     cfg = load_config("configs/debug.yaml", tiny_opts(tiny_benchmark, out_dir, **{
         "data.val_files": "['metadata/train.json']", "train.lr": LR, "train.weight_decay": 0.0}))
-    ds = build_dataset(cfg, "val")
+    ds = audited_dataset(cfg, "val", tokenizer_for(cfg))
     assert not ds.train
     batch = collate([ds[i] for i in select_samples(ds)])
     match = torch.tensor([matched_candidate({k: v[i] for k, v in batch.items()})[0] for i in range(N_TOTAL)])

@@ -8,9 +8,11 @@ import sys
 import pytest
 import torch
 
-from datasets.dgm4 import DGM4Dataset
+from datasets.audit import audit_run
+from datasets.dgm4 import build_dataset
 from datasets.pretrain import PristinePairs, itm_pairs, load_word_kinds, mask_tokens
 from datasets.records import RecordError
+from datasets.text import tokenizer_for
 from losses.meter import meter_losses
 from models.backbone import Backbone
 from models.meter_export import meter_state_dict, save_meter_checkpoint, timm_to_clip_name
@@ -18,6 +20,7 @@ from models.meter_heads import MeterPretrainer
 from models.pretrained import clip_visual_name, load_pretrained
 from tests.conftest import ROOT, run_script, tiny_opts
 from tests.test_backbone import TINY_CFA, TINY_HIDDEN, TINY_TEXT, TINY_VIT, randomize_, tiny_batch
+from utils.config import load_config
 
 
 def _words_batch(b=64, length=30, n_words=20, seed=0):
@@ -172,15 +175,16 @@ def test_export_names_are_meters():
         timm_to_clip_name("head.weight")
 
 
-def test_pristine_pairs_refuse_manipulated_records(tiny_benchmark):
+def test_pristine_pairs_refuse_manipulated_records(tiny_benchmark, tmp_path):
     b = tiny_benchmark
     root = b["root"]
-    ds = DGM4Dataset(root, ["metadata/train.json"], b["tokenizer"], os.path.join(root, b["faces"]),
-                     os.path.join(root, b["stopwords"]), image_size=64, max_len=40)
+    cfg = load_config("configs/debug.yaml", tiny_opts(b, str(tmp_path)))
+    audited = audit_run(cfg, {"train": ["metadata/train.json"], "pretrain": ["metadata/pretrain.json"]})
+    tokenizer = tokenizer_for(cfg)
+    ds = build_dataset(cfg, audited, "train", tokenizer)
     with pytest.raises(RecordError, match="pristine pairs only"):
         PristinePairs(ds)
-    pre = DGM4Dataset(root, ["metadata/pretrain.json"], b["tokenizer"], os.path.join(root, b["faces"]),
-                      os.path.join(root, b["stopwords"]), image_size=64, max_len=40)
+    pre = build_dataset(cfg, audited, "pretrain", tokenizer)
     pairs = PristinePairs(pre, load_word_kinds(os.path.join(root, "word_kinds.json")), indices=[3, 5])
     item = pairs[1]
     assert set(item) == {"index", "image", "input_ids", "attention_mask", "content_mask", "word_index", "word_kind"}
@@ -214,15 +218,18 @@ def test_pretrain_script_exports_reuses_and_refuses(tiny_benchmark, tmp_path):
 
 
 def test_stale_run_refused_or_cleared(tmp_path):
-    """utils.loop: a last.pth is tied to its config and identity (corpus, tokenizer, pretrained-file fingerprints)."""
+    """utils.checkpoint.resume: a last.pth is tied to its config and identity (corpus, tokenizer, pretrained-file
+    fingerprints); refused with the key named, or with restart_if_stale deleted."""
+    from utils.checkpoint import TrainState, resume, stale_reasons
     from utils.config import load_config
-    from utils.loop import clear_if_stale, file_sha256, resume_state, save_state, stale_reasons
+    from utils.errors import CheckpointError
+    from utils.loop import file_sha256, save_state
 
     cfg = load_config("configs/debug.yaml")
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(model.parameters())
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    state = {"epoch": 1, "step_in_epoch": 0, "global_step": 5, "best_metric": 0.5}
+    state = TrainState(epoch=1, step_in_epoch=0, global_step=5, best_metric=0.5)
     (tmp_path / "a.bin").write_bytes(b"one")
     identity = {"pretrained_meter_sha256": file_sha256(str(tmp_path / "a.bin"))}
     save_state(tmp_path / "last.pth", model, opt, scaler, cfg, state, identity)
@@ -231,13 +238,16 @@ def test_stale_run_refused_or_cleared(tmp_path):
     (tmp_path / "a.bin").write_bytes(b"two")
     other = {"pretrained_meter_sha256": file_sha256(str(tmp_path / "a.bin"))}
     assert set(stale_reasons(saved, cfg, other)) == {"pretrained_meter_sha256"}
-    with pytest.raises(SystemExit, match="pretrained_meter_sha256"):
-        resume_state(tmp_path, model, opt, scaler, cfg, other)
-    assert resume_state(tmp_path, model, opt, scaler, cfg, identity)["global_step"] == 5
-    clear_if_stale(tmp_path, cfg, identity, restart=True)  # same settings: kept
+    with pytest.raises(CheckpointError, match="pretrained_meter_sha256") as refused:
+        resume(tmp_path, model, opt, scaler, cfg, other)
+    assert "\n" not in str(refused.value)  # one line at the entry point
+    assert resume(tmp_path, model, opt, scaler, cfg, identity) == state
+    assert resume(tmp_path, model, opt, scaler, cfg, identity, restart_if_stale=True) == state  # same: kept
     assert (tmp_path / "last.pth").exists()
     (tmp_path / "meter_pretrain.ckpt").write_bytes(b"x")
-    clear_if_stale(tmp_path, cfg, other, restart=True, extra_files=("meter_pretrain.ckpt",))
+    fresh = resume(tmp_path, model, opt, scaler, cfg, other, restart_if_stale=True,
+                   extra_files=("meter_pretrain.ckpt",))
+    assert fresh == TrainState()
     assert not (tmp_path / "last.pth").exists() and not (tmp_path / "meter_pretrain.ckpt").exists()
 
 

@@ -1,16 +1,18 @@
-"""Pretrained loaders (paper section 3.2, METER weights): safe unpickling, exact METER key table,
+"""Pretrained loaders (paper section 3.2, METER weights): reading with stand-ins, exact METER key table,
 position-embedding resize, METER / OpenAI CLIP / roberta-base round trips, CLI.
 
 METER-format checkpoints are assembled from modules that carry METER's own key names (the
 reference ``MeterVisual`` of test_backbone, an HF ``RobertaModel`` with pooler and the 4.x persistent
 ``position_ids``) plus random tensors for the names listed in ``meter_key_table`` (written from the
 METER key table in docs meter_backbone.md, independent of our modules), and saved as Lightning-style
-dicts whose callbacks / hyper-parameters are instances of classes from a throwaway module.
+dicts whose callbacks / hyper-parameters are instances of classes from a throwaway module (and from a throwaway
+``pytorch_lightning.utilities.parsing`` whose ``AttributeDict`` has Lightning's global name).
 """
 import importlib
 import os
 import pickle
 import re
+import shutil
 import sys
 import uuid
 from collections import OrderedDict
@@ -23,11 +25,29 @@ from torch import nn
 from transformers import RobertaModel
 
 from models.backbone import build_backbone
-from models.pretrained import (PickleStub, PretrainedKeyError, check_and_load, load_pretrained, main,
-                               meter_to_backbone, resize_pos_embed, safe_load,
-                               text_config_from_folder)
-from tests.test_backbone import (TINY_CFA, TINY_HIDDEN, TINY_TEXT, TINY_VIT, MeterVisual, randomize_, ref_cfa,
-                                 tiny_backbone, tiny_batch)
+from models.pretrained import (
+    PickleStub,
+    PretrainedKeyError,
+    check_and_load,
+    load_pretrained,
+    load_with_stand_ins,
+    main,
+    meter_to_backbone,
+    resize_pos_embed,
+    text_config_from_folder,
+)
+from tests.test_backbone import (
+    TINY_CFA,
+    TINY_HIDDEN,
+    TINY_TEXT,
+    TINY_VIT,
+    MeterVisual,
+    randomize_,
+    ref_cfa,
+    tiny_backbone,
+    tiny_batch,
+)
+from utils.errors import UserError, exit_on_user_error
 
 IMAGE = 256  # model grid 16x16, as in the paper
 
@@ -122,7 +142,7 @@ import pathlib
 LOG = pathlib.Path({log!r})
 MARK = pathlib.Path({mark!r})
 with LOG.open("a") as f:
-    f.write("imported\\n")
+    f.write("imported " + __name__ + "\\n")
 def touch(*args):
     MARK.write_text("ran")
     return {{}}
@@ -140,66 +160,85 @@ class Payload:
     def __reduce__(self):
         return (touch, ("payload",))
 '''
+LIGHTNING = ("pytorch_lightning", "pytorch_lightning.utilities", "pytorch_lightning.utilities.parsing")
+
+
+def _write_modules(folder, name):
+    """The throwaway module ``name`` and a fake ``pytorch_lightning.utilities.parsing`` (same code) in ``folder``."""
+    log, mark = folder / "import.log", folder / "marker"
+    code = THROWAWAY.format(log=str(log), mark=str(mark))
+    (folder / f"{name}.py").write_text(code)
+    package = folder / "pytorch_lightning" / "utilities"
+    package.mkdir(parents=True)
+    (folder / "pytorch_lightning" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "parsing.py").write_text(code)
+    return log, mark
 
 
 def save_lightning(path, state_dict, tmp_path, keep_module=False):
-    """Lightning-style checkpoint whose non-tensor objects come from a throwaway module."""
+    """Lightning-style checkpoint whose non-tensor objects come from throwaway modules."""
+    assert importlib.util.find_spec("pytorch_lightning") is None  # the fake package must not shadow a real one
     name = "throwaway_" + uuid.uuid4().hex[:8]
     folder = tmp_path / name
     folder.mkdir()
-    log, mark = folder / "import.log", folder / "marker"
-    (folder / f"{name}.py").write_text(THROWAWAY.format(log=str(log), mark=str(mark)))
+    log, mark = _write_modules(folder, name)
     sys.path.insert(0, str(folder))
     try:
-        mod = importlib.import_module(name)
+        mod, parsing = importlib.import_module(name), importlib.import_module(LIGHTNING[-1])
         ckpt = {"epoch": 9, "global_step": 100, "pytorch-lightning_version": "1.3.2",
                 "state_dict": OrderedDict(state_dict),
-                "callbacks": {mod.ModelCheckpoint: {"best_model_score": torch.tensor(0.5), "cb": mod.ModelCheckpoint()}},
-                "hyper_parameters": mod.AttributeDict(config={"max_text_len": 50}), "payload": mod.Payload(),
+                "callbacks": {mod.ModelCheckpoint: {"best_model_score": torch.tensor(0.5),
+                                                    "cb": mod.ModelCheckpoint()}},
+                "hyper_parameters": parsing.AttributeDict(config={"max_text_len": 50}), "payload": mod.Payload(),
                 "optimizer_states": [], "lr_schedulers": []}
         torch.save(ckpt, path)
     finally:
-        del sys.modules[name]
+        for module in (name, *LIGHTNING):
+            del sys.modules[module]
         if not keep_module:
             sys.path.remove(str(folder))
             os.remove(folder / f"{name}.py")
+            shutil.rmtree(folder / "pytorch_lightning")
     return name, log, mark, folder
 
 
 # --------------------------------------------------------------------------------------------
-# Safe loading
+# Reading with stand-ins
 
 
 @pytest.mark.parametrize("keep_module", [False, True])
-def test_safe_load_runs_nothing_from_the_file(tmp_path, keep_module):
+def test_stand_ins_run_nothing_from_the_file(tmp_path, keep_module):
     sd = {"w": torch.randn(3, 4), "b": torch.arange(5)}
     path = tmp_path / "lightning.ckpt"
     name, log, mark, folder = save_lightning(path, sd, tmp_path, keep_module)
+    imported = log.read_text()
     try:
-        assert log.read_text() == "imported\n" and not mark.exists()
+        assert imported.count("imported") == 2 and not mark.exists()
         with pytest.raises(pickle.UnpicklingError):
             torch.load(path, map_location="cpu", weights_only=True)
-        obj, info = safe_load(path)
+        obj, info = load_with_stand_ins(path)
     finally:
         if keep_module:
             sys.path.remove(str(folder))
-    assert log.read_text() == "imported\n" and not mark.exists() and name not in sys.modules
-    assert info["path"] == "restricted_unpickler"
-    assert set(info["stubbed"]) == {f"{name}.{c}" for c in ("ModelCheckpoint", "AttributeDict", "touch")}
+    assert log.read_text() == imported and not mark.exists()  # nothing imported, nothing run
+    assert name not in sys.modules and "pytorch_lightning" not in sys.modules
+    assert info["path"] == "stand_ins"
+    assert set(info["stubbed"]) == {f"{name}.ModelCheckpoint", f"{name}.touch", LIGHTNING[-1] + ".AttributeDict"}
     assert obj["epoch"] == 9 and set(obj["state_dict"]) == {"w", "b"}
     torch.testing.assert_close(obj["state_dict"]["w"], sd["w"])
     assert torch.equal(obj["state_dict"]["b"], sd["b"])
     (key, value), = obj["callbacks"].items()
     assert issubclass(key, PickleStub) and key.stub_global == f"{name}.ModelCheckpoint"
     assert isinstance(value["cb"], PickleStub) and value["cb"].stub_state == {"monitor": "val/the_metric"}
-    assert obj["hyper_parameters"].stub_items == {"config": {"max_text_len": 50}}
+    assert type(obj["hyper_parameters"]) is dict and obj["hyper_parameters"] == {"config": {"max_text_len": 50}}
     assert isinstance(obj["payload"], PickleStub) and obj["payload"].stub_args == ("payload",)
 
 
-def test_safe_load_plain_state_dict_uses_weights_only(tmp_path):
+def test_plain_state_dict_uses_weights_only(tmp_path):
     path = tmp_path / "plain.pt"
     torch.save({"state_dict": {"a": torch.ones(2)}}, path)
-    obj, info = safe_load(path)
+    obj, info = load_with_stand_ins(path)
     assert info == {"path": "weights_only", "stubbed": []} and torch.equal(obj["state_dict"]["a"], torch.ones(2))
 
 
@@ -264,8 +303,9 @@ def test_meter_lightning_checkpoint_round_trip(tmp_path, grid):
     report = load_pretrained(bb, {"meter": str(path), "openai_clip": None, "roberta": None,
                                   "pos_embed_source": "meter"})
     rep = report["meter"]
-    assert rep["loaded"] == len(bb.state_dict()) and rep["unpickle_path"] == "restricted_unpickler"
-    assert rep["resized"] == [{"key": "vit_model.visual.positional_embedding", "from": [grid * grid + 1, 32], "to": [257, 32]}]
+    assert rep["loaded"] == len(bb.state_dict()) and rep["unpickle_path"] == "stand_ins"
+    assert rep["resized"] == [{"key": "vit_model.visual.positional_embedding", "from": [grid * grid + 1, 32],
+                               "to": [257, 32]}]
     assert rep["left_over"] == {"itm_score": 2, "mlm_score": 6, "text_transformer.embeddings.position_ids": 1,
                                 "text_transformer.pooler": 2, "vit_model.ln_final": 2,
                                 "vit_model.positional_embedding": 1}
@@ -424,12 +464,14 @@ def test_cli_reports_and_fails_on_gaps(tmp_path, capsys):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["--config", str(tmp_path / "tiny.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "resized vit_model.visual.positional_embedding: [197, 32] -> [257, 32]" in out and "left over mlm_score: 6 keys" in out
-    assert "unpickle_path=restricted_unpickler" in out
+    assert "resized vit_model.visual.positional_embedding: [197, 32] -> [257, 32]" in out
+    assert "left over mlm_score: 6 keys" in out
+    assert "unpickle_path=stand_ins" in out and "read as inert stand-ins (never imported)" in out
     del sd["cross_modal_image_pooler.dense.weight"]
     torch.save({"state_dict": sd}, tmp_path / "bad.ckpt")
-    assert main(["--config", str(tmp_path / "tiny.yaml"), "--opts", f"pretrained.meter={tmp_path / 'bad.ckpt'}"]) == 1
-    assert "cfa.cross_modal_image_pooler.dense.weight" in capsys.readouterr().err
+    err = _cli_error(capsys, "--config", str(tmp_path / "tiny.yaml"), "--opts",
+                     f"pretrained.meter={tmp_path / 'bad.ckpt'}")
+    assert "cfa.cross_modal_image_pooler.dense.weight" in err and "1 missing" in err
 
 
 def test_cli_missing_file_exits_2(tmp_path, capsys):
@@ -437,5 +479,20 @@ def test_cli_missing_file_exits_2(tmp_path, capsys):
                                                    "cfa": TINY_CFA},
            "pretrained": {"meter": str(tmp_path / "absent.ckpt")}}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["--config", str(tmp_path / "tiny.yaml")]) == 2
-    assert "absent.ckpt" in capsys.readouterr().err
+    err = _cli_error(capsys, "--config", str(tmp_path / "tiny.yaml"))
+    assert f"pretrained.meter: {tmp_path / 'absent.ckpt'} does not exist" in err and "checkpoints/README.md" in err
+
+
+def _cli_error(capsys, *argv):
+    """Run the CLI as ``python -m models.pretrained`` does; assert exit status 2 and one ``error:`` line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        exit_on_user_error(main, list(argv))
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1 and captured.err.startswith("error: ")
+    return captured.err
+
+
+def test_key_error_is_a_user_error():
+    assert issubclass(PretrainedKeyError, UserError)

@@ -15,14 +15,13 @@ import pytest
 import yaml
 from PIL import Image
 
+from datasets.caches import load_cache
 from preprocess import detect_faces as df
 from preprocess import make_synthetic as ms
 from preprocess import train_tokenizer
-from preprocess.cache_io import load_cache
 from tests.conftest import ROOT
 from utils.config import load_config
-from utils.paths import (DEFAULT_CONFIG, MissingDataError, check_inputs, data_paths, exit_on_missing,
-                         metadata_files)
+from utils.paths import DEFAULT_CONFIG, MissingDataError, check_inputs, data_paths, exit_on_missing, metadata_files
 
 PATH_KEYS = ("root", "train_files", "val_files", "test_files", "face_cache", "stopword_cache", "tokenizer")
 

@@ -9,6 +9,7 @@ from PIL import Image
 
 from datasets.records import FAKE_CLS, load_metadata
 from preprocess import make_synthetic as ms
+from utils.errors import BadInputError
 
 FIELDS = {"id", "image", "text", "fake_cls", "fake_image_box", "fake_text_pos", "mtcnn_boxes"}
 
@@ -178,7 +179,7 @@ def test_face_area_knob():
     assert large.max() < 0.12 * 1.25 and np.median(large) > 0.05 > np.median(default)
     args = ms.parse_args(["--out", "x", "--face-area", "0.04", "0.25"])
     assert args.face_area == [0.04, 0.25]
-    with pytest.raises(SystemExit):
+    with pytest.raises(BadInputError, match="--face-area"):  # one `error:` line under exit_on_user_error
         ms.parse_args(["--out", "x", "--face-area", "0.3", "0.1"])
 
 
@@ -192,7 +193,7 @@ def test_regeneration_with_other_settings_needs_overwrite(tmp_path, capsys):
     open(os.path.join(out, "faces.json"), "w").close()  # a cache derived from the first generation
     ms.main(base)
     assert os.path.exists(os.path.join(out, "faces.json"))
-    with pytest.raises(SystemExit, match="other settings.*--overwrite"):
+    with pytest.raises(BadInputError, match="other settings.*--overwrite"):
         ms.main(base + ["--trace-strength", "3"])
     assert os.path.exists(os.path.join(out, "faces.json"))
     ms.main(base + ["--trace-strength", "3", "--overwrite"])
@@ -275,7 +276,7 @@ def test_pretrain_regeneration_and_count_changes(tmp_path):
     assert (out / "faces.json").exists() and (out / "metadata" / "pretrain.json").read_bytes() == first
     assert all((out / p).read_bytes() == b for p, b in images.items())
     for other in (["--pretrain", "6"], []):
-        with pytest.raises(SystemExit, match=r"other settings.*'pretrain': 5.*--overwrite"):
+        with pytest.raises(BadInputError, match=r"other settings.*'pretrain': 5.*--overwrite"):
             ms.main(base + other)
     assert (out / "faces.json").exists() and (out / "metadata" / "pretrain.json").read_bytes() == first
     ms.main(base + ["--overwrite"])
@@ -286,7 +287,7 @@ def test_pretrain_regeneration_and_count_changes(tmp_path):
     ms.main(base)
     assert not (out / "metadata" / "pretrain.json").exists()
     assert "word_kinds.json" in ms.OUTPUTS
-    with pytest.raises(SystemExit):
+    with pytest.raises(BadInputError, match="--pretrain"):
         ms.parse_args(["--out", "x", "--pretrain", "-1"])
 
 

@@ -54,7 +54,8 @@ def test_train_then_test_smoke(tiny_benchmark, tmp_path):
     with open(os.path.join(out, "config.yaml")) as f:
         before = f.read()
     other = subprocess.run([sys.executable, "train.py", "--config", "configs/debug.yaml", "--opts",
-                            *tiny_opts(tiny_benchmark, out), "train.lr=0.123"], cwd=ROOT, capture_output=True, text=True)
+                            *tiny_opts(tiny_benchmark, out), "train.lr=0.123"],
+                           cwd=ROOT, capture_output=True, text=True)
     assert other.returncode != 0 and "was trained with another config" in other.stderr
     assert "train.lr: checkpoint" in other.stderr and "0.123" in other.stderr
     with open(os.path.join(out, "config.yaml")) as f:
@@ -109,6 +110,9 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted(tiny_benchmark, tmp_pa
     assert proc.returncode == -signal.SIGKILL, f"run was not killed mid-epoch: {proc.stderr.read()[-2000:]}"
     resumed_from = torch.load(last, map_location="cpu", weights_only=True)
     assert resumed_from["epoch"] == 1 and resumed_from["step_in_epoch"] > 0
+    with open(os.path.join(killed, "log.jsonl"), "a") as f:  # a row logged after the last save, then a torn one
+        f.write(json.dumps({"global_step": resumed_from["global_step"] + 1, "train/loss": 123.0, "lr": 0.0}) + "\n")
+        f.write('{"global_step": 99, "train/lo')
 
     res = _train(tiny_benchmark, killed, *common)
     assert "resumed from" in res.stdout
@@ -116,3 +120,9 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted(tiny_benchmark, tmp_pa
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+    # log.jsonl holds each step once, as the uninterrupted run's does (issue 14 item 6)
+    rows = [json.loads(line) for line in open(os.path.join(killed, "log.jsonl"))]
+    steps = [r["global_step"] for r in rows if "lr" in r]
+    assert len(steps) == len(set(steps)) and set(steps) == set(_losses(full))
+    assert 123.0 not in [r["train/loss"] for r in rows if "lr" in r]
+    assert [r["epoch"] for r in rows if "lr" not in r] == [1, 2]  # one row per epoch

@@ -12,9 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from inference import figures
 from utils import box_ops, checkpoint, dist, schedule, visualize
-from utils.config import DEFAULTS, load_config, resume_conflicts
-from utils.logger import JsonlWriter, MetricLogger, SmoothedValue
+from utils.checkpoint import resume_conflicts
+from utils.config import DEFAULTS, load_config
+from utils.logger import JsonlWriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -147,7 +149,8 @@ def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
 # ---------------------------------------------------------------- box ops
 def test_resume_conflicts_name_every_defining_key():
     saved = load_config(None, ["train.lr=1e-3", "train.epochs=8", "loss.bsc_eps=0.2"])
-    same = load_config(None, ["train.lr=1e-3", "train.epochs=8", "loss.bsc_eps=0.2", "data.num_workers=0", "eval.batch_size=7",
+    same = load_config(None, ["train.lr=1e-3", "train.epochs=8", "loss.bsc_eps=0.2", "data.num_workers=0",
+                              "eval.batch_size=7",
                               "train.device=cpu", "train.log_every=3", "train.output_dir=elsewhere"])
     assert resume_conflicts(saved, same) == {}
     other = load_config(None, ["train.lr=5e-4", "train.epochs=6", "model.vit.depth=4", "loss.bsc_eps=0.2"])
@@ -162,7 +165,8 @@ def test_resume_conflicts_name_every_defining_key():
 def test_resume_tolerates_options_added_later_at_their_default():
     import copy
 
-    from utils.config import DEFAULTS, resume_conflicts
+    from utils.checkpoint import resume_conflicts
+    from utils.config import DEFAULTS
 
     cfg = copy.deepcopy(DEFAULTS)
     old = copy.deepcopy(cfg)
@@ -202,19 +206,6 @@ def test_jsonl_keeps_numbers_as_numbers(tmp_path):
     first = json.loads(lines[0])
     assert first == {"epoch": 2, "loss": 0.25, "AUC": 91.5, "EER": None, "s": "x"}
     assert isinstance(first["epoch"], int) and json.loads(lines[1]) == {"epoch": 3}
-
-
-def test_metric_logger_averages():
-    meter = SmoothedValue(window=2)
-    for v in (1.0, 2.0, 6.0):
-        meter.update(v)
-    assert meter.global_avg == pytest.approx(3.0) and meter.avg == pytest.approx(4.0) and meter.value == 6.0
-    ml = MetricLogger()
-    seen = list(ml.log_every(range(5), print_freq=2, header="test"))
-    assert seen == list(range(5))
-    ml.update(loss=torch.tensor(2.0))
-    ml.update(loss=4.0, skipped=float("nan"))
-    assert ml.global_averages() == {"loss": pytest.approx(3.0)}
 
 
 TB_SCRIPT = r'''
@@ -300,15 +291,15 @@ def test_render_figure3_maps_tokens_to_words(tmp_path):
     pred_tokens = [int(w == 5) for w in enc["word_ids"][1:]]
     pred = {"index": 0, "id": 7, "fake_cls": "text_swap", "token_pred": pred_tokens,
             "pred_box": [0, 0, 0, 0], "gt_box": [0, 0, 0, 0]}
-    image_path, words, pred_words, true_words = visualize._sample_words(data, pred)
+    image_path, words, pred_words, true_words = figures._sample_words(data, pred)
     assert image_path == os.path.join(str(tmp_path), "img/7.jpg")
     assert words == ["bulmer", "rizzi", "met", "the", "prime", "minister", "in", "london", "today"]
     assert pred_words == [0, 0, 0, 0, 0, 1, 0, 0, 0]
     assert true_words == [0, 0, 0, 0, 1, 0, 0, 0, 0]  # raw word 3 = "Prime" (the hyphenated word is raw word 0)
-    paths = visualize.render_predictions(data, [dict(pred, fake_cls="orig"), pred], 5, str(tmp_path / "vis"))
+    paths = figures.render_predictions(data, [dict(pred, fake_cls="orig"), pred], 5, str(tmp_path / "vis"))
     assert paths == [os.path.join(str(tmp_path / "vis"), "7.png")] and os.path.isfile(paths[0])
     with pytest.raises(ValueError, match="id 8"):
-        visualize._sample_words(data, dict(pred, id=8))
+        figures._sample_words(data, dict(pred, id=8))
 
 
 @pytest.mark.parametrize("path", sorted(

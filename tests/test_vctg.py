@@ -4,8 +4,9 @@ import copy
 import pytest
 import torch
 
+from datasets.text import word_token_mask
 from losses.asc import asc_loss
-from models.vctg import VCTG, build_vctg, masked_zscore, topk_masked_mean, word_token_mask
+from models.vctg import VCTG, build_vctg, masked_zscore, topk_masked_mean
 from utils.config import DEFAULTS
 
 D, DT, DV, P = 8, 6, 5, 4
@@ -24,9 +25,9 @@ def make_head(**kw):
 
 def inputs(seed=1, n_patches=3):
     g = torch.Generator().manual_seed(seed)
-    b, l = ATTN.shape
-    return (torch.randn(b, l, D, generator=g), torch.randn(b, l, DT, generator=g),
-            torch.randn(b, n_patches, DV, generator=g), ATTN, CONTENT)
+    b, length = ATTN.shape
+    return (torch.randn(b, length, D, generator=g), torch.randn(b, length, DT, generator=g),
+            torch.randn(b, n_patches, DV, generator=g), ATTN, CONTENT, word_token_mask(ATTN))
 
 
 def identity_projections(head):
@@ -43,11 +44,29 @@ def test_word_token_mask_excludes_specials_and_padding():
     assert torch.equal(word_token_mask(ATTN), expected)
 
 
+def test_word_token_mask_of_one_sample_is_its_row_of_the_batch():
+    for row, attn in enumerate(ATTN):  # the dataset builds it per sample, collate stacks the rows
+        assert torch.equal(word_token_mask(attn), word_token_mask(ATTN)[row])
+
+
+def test_head_reads_the_word_tokens_of_the_batch():
+    head = make_head(topk=2)
+    t_hat, t_raw, v, attn, content, words = inputs()
+    only_first = words.clone()
+    only_first[0] = False
+    only_first[0, 1] = True  # row 0: token 1 is the only word token
+    out, ref = head(t_hat, t_raw, v, attn, content, only_first), head(t_hat, t_raw, v, attn, content, words)
+    p = torch.sigmoid(head.coarse_head(t_hat).squeeze(-1))
+    assert torch.allclose(out["t_coarse"][0], p[0, 1], atol=1e-6)
+    assert not torch.allclose(ref["t_coarse"][0], p[0, 1], atol=1e-6)
+    assert torch.equal(out["t_coarse"][1:], ref["t_coarse"][1:])
+
+
 def test_output_contract_shapes_ranges_and_masks():
     out = make_head()(*inputs())
-    b, l = ATTN.shape
+    b, length = ATTN.shape
     for key in ("s_it", "s_raw", "s_et", "token_scores", "token_prob", "token_pred"):
-        assert out[key].shape == (b, l), key
+        assert out[key].shape == (b, length), key
     for key in ("t_coarse", "t_fine", "t_fine_logit"):
         assert out[key].shape == (b,), key
     assert out["token_pred"].dtype == torch.long
@@ -69,10 +88,10 @@ def test_eq13_intrinsic_scores_zero_on_stop_words_and_positive_on_content():
 @pytest.mark.parametrize("kernel_size", [3, 5])
 def test_padding_features_do_not_change_any_output(kernel_size):
     head = make_head(kernel_size=kernel_size)           # kernel 5 reaches past </s> into the padding
-    t_hat, t_raw, v, attn, content = inputs()
-    out = head(t_hat, t_raw, v, attn, content)
+    t_hat, t_raw, v, attn, content, words = inputs()
+    out = head(t_hat, t_raw, v, attn, content, words)
     pad = (attn == 0).unsqueeze(-1)
-    out2 = head(t_hat + 100.0 * pad, t_raw + 100.0 * pad, v, attn, content)
+    out2 = head(t_hat + 100.0 * pad, t_raw + 100.0 * pad, v, attn, content, words)
     for key in out:
         assert torch.allclose(out[key].float(), out2[key].float(), atol=1e-5), key
 
@@ -80,7 +99,7 @@ def test_padding_features_do_not_change_any_output(kernel_size):
 def test_eq14_s_raw_is_max_cosine_over_patches():
     head = make_head()
     identity_projections(head)
-    t_hat, t_raw, _, attn, content = inputs()
+    t_hat, t_raw, _, attn, content, words = inputs()
     v = torch.zeros(3, 3, DV)
     v[:, 0, 0], v[:, 1, 1], v[:, 2, 2] = 1.0, 1.0, 1.0          # patches along e0, e1, e2
     t_raw = torch.zeros_like(t_raw)
@@ -88,7 +107,7 @@ def test_eq14_s_raw_is_max_cosine_over_patches():
     t_raw[0, 3, 0], t_raw[0, 3, 3] = 1.0, 1.0                    # 45 degrees to patch 0 -> 1/sqrt 2
     t_raw[0, 4, 3] = 1.0                                         # orthogonal to all -> 0
     t_raw[0, 5, 0], t_raw[0, 5, 1] = -1.0, -1.0                  # best is 0 (patch 2), not -0.707
-    s_raw = head(t_hat, t_raw, v, attn, content)["s_raw"]
+    s_raw = head(t_hat, t_raw, v, attn, content, words)["s_raw"]
     expected = torch.tensor([1.0, 0.0, 2 ** -0.5, 0.0, 0.0])
     assert torch.allclose(s_raw[0, 1:6], expected, atol=1e-5)
 
@@ -96,13 +115,13 @@ def test_eq14_s_raw_is_max_cosine_over_patches():
 def test_eq15_poorly_supported_content_token_scores_highest():
     head = make_head()
     identity_projections(head)
-    t_hat, _, _, attn, content = inputs()
+    t_hat, _, _, attn, content, words = inputs()
     v = torch.zeros(3, 2, DV)
     v[:, 0, 0], v[:, 1, 1] = 1.0, 1.0
     t_raw = torch.zeros(3, 7, DT)
     t_raw[:, :, 0], t_raw[:, :, 1] = 1.0, 0.2                   # every token well supported ...
     t_raw[0, 4, 0], t_raw[0, 4, 3] = 0.1, 1.0                   # ... except content token 4 of row 0
-    out = head(t_hat, t_raw, v, attn, content)
+    out = head(t_hat, t_raw, v, attn, content, words)
     row = out["s_et"][0]
     assert out["s_raw"][0, 4] == out["s_raw"][0, 1:6].min()
     assert row.argmax().item() == 4
@@ -188,7 +207,7 @@ def test_gradients_reach_eta_beta_and_gates(gate, gate_params):
     with torch.no_grad():
         head.beta.fill_(0.3)                                   # eta * beta has a nonzero gradient in beta
     out = head(*inputs())
-    batch = {"y_t": torch.tensor([1.0, 0.0, 1.0]), "attention_mask": ATTN, "content_mask": CONTENT}
+    batch = {"y_t": torch.tensor([1.0, 0.0, 1.0]), "word_tokens": word_token_mask(ATTN), "content_mask": CONTENT}
     asc_loss(out, batch, lam=2.0, k2_ratio=0.5, k2_min=1).backward()
     params = dict(head.named_parameters())
     for name in ["eta", "beta"] + gate_params:

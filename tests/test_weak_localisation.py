@@ -16,7 +16,8 @@ import os
 import pytest
 import torch
 
-from datasets.dgm4 import build_dataset, collate
+from datasets.dgm4 import audited_dataset, collate
+from datasets.text import tokenizer_for
 from preprocess import make_synthetic as ms
 from tests.conftest import run_script, train_full_batch
 from tests.test_overfit import matched_candidate
@@ -63,7 +64,7 @@ def trained(tmp_path_factory):
         f"data.root={root}", f"data.tokenizer={root / 'tokenizer'}", f"train.output_dir={root / 'out'}",
         f"data.train_files={split}", f"data.val_files={split}", f"data.test_files={split}",
         f"train.lr={LR}", "train.weight_decay=0.0"])
-    ds = build_dataset(cfg, "val")  # eval transform: fixed images
+    ds = audited_dataset(cfg, "val", tokenizer_for(cfg))  # eval transform: fixed images
     batch = collate([ds[i] for i in range(len(ds))])
     out, _ = train_full_batch(cfg, batch, ds.tokenizer.pad_token_id, STEPS, LR)
     match = torch.tensor([matched_candidate({k: v[i] for k, v in batch.items()})[0] for i in range(len(ds))])

@@ -4,8 +4,8 @@ baseline, from the runs' ``eval_test/metrics.json`` (test.py's Table 1 keys, per
 Cells are "mean ± sample sd over seeds (paper)". The paper prints the middle columns of Tables 2-3 as "EER, ACC"
 but the numbers are ACC, EER (docs/implementation_notes.md, Part 1): ``PAPER`` stores them under their true keys.
 A row's direction holds when its change against the full model (same seeds' mean) has the sign of the paper's
-change on the metric the paper's text discusses (``CHECKS``; no change at all does not hold); it is "within seed spread" when the change is not
-larger than the combined sample sd of the two rows.
+change on the metric the paper's text discusses (``CHECKS``; no change at all does not hold); it is "within seed
+spread" when the change is not larger than the combined sample sd of the two rows.
 """
 import json
 import math
@@ -100,7 +100,8 @@ def table(runs, rows, keys, title):
 
 
 def run_lines(runs):
-    lines = ["## Runs", "", "| Variant | seed | train s | test s | AUC | IoU_mean | F1 |", "|---|---|---|---|---|---|---|"]
+    lines = ["## Runs", "", "| Variant | seed | train s | test s | AUC | IoU_mean | F1 |",
+             "|---|---|---|---|---|---|---|"]
     total = 0.0
     for row, _ in ROWS:
         for seed, r in sorted(runs.get(row, {}).items()):
@@ -117,7 +118,8 @@ def render(runs, setting):
     head = ["# Ablations on the synthetic benchmark (CIEC Tables 2 and 3, section 3.5 baseline)", "",
             "Written by `python scripts/ablations.py` (docs/implementation_notes.md \"Ablation study\"). Base config "
             f"`{setting['config']}`, extra overrides `{' '.join(setting['opts']) or 'none'}`, seeds "
-            f"{setting['seeds']}: {done} of {planned} runs (every row x seed) finished. Test split, DGM4 protocol (test.py), percent; "
+            f"{setting['seeds']}: {done} of {planned} runs (every row x seed) finished. "
+            "Test split, DGM4 protocol (test.py), percent; "
             "each cell is mean ± sample sd over seeds, the paper's number (DGM4 test split) in parentheses; "
             "EER: lower is better.", ""]
     t2 = [r for r, t in ROWS if "2" in t.split("+")]

@@ -1,18 +1,34 @@
 """YAML configuration: defaults, merge, validation and ``--opts`` overrides.
 
 A config is a plain nested dict. ``load_config(path, opts)`` merges the YAML file over
-``DEFAULTS``, applies ``a.b=value`` overrides (parsed with ``ast.literal_eval``), and
-validates the result: unknown keys raise, and every value must have the type of its default
-(ints are accepted where floats are expected; ``None`` defaults accept anything). Strings that
-look like numbers (PyYAML reads ``1e-5`` as the string "1e-5") are converted where the
-default is a float. Keys listed in ``VALIDATORS`` (``train.grad_checkpointing``: a name or a list)
-are checked by their own function instead.
+``DEFAULTS``, applies ``a.b=value`` overrides (each value parsed as YAML, like the files:
+``data.train_files=[a.json,b.json]``, ``pretrained.meter=null``), and validates the result: unknown keys raise,
+every value must have the type of its default (ints are accepted where floats are expected; ``None`` defaults
+accept anything, and only they accept ``None``), and every key of ``RULES`` must pass its value rule (ranges and
+choices, ``utils/config_rules.py``). Keys listed in ``VALIDATORS`` (``train.grad_checkpointing``: a name or a list)
+are checked by their own function. Every refusal is a ``ConfigError`` naming the file or key. The YAML reader
+(files and ``--opts``) reads ``1e-5`` as a float (YAML 1.2, where PyYAML's YAML 1.1 gives a string) and ``None`` as
+null.
 """
-import ast
 import copy
 import os
+import re
 
 import yaml
+
+from utils.config_rules import (
+    FRACTION,
+    NON_NEGATIVE,
+    ODD,
+    PATHS,
+    POSITIVE,
+    TEXT,
+    check_values,
+    choice,
+    integer,
+    optional,
+)
+from utils.errors import ConfigError, MissingDataError
 
 # Every key the code reads. Sizes here are paper size (section 3.2 of the CIEC paper);
 # configs/demo.yaml shrinks them.
@@ -33,7 +49,8 @@ DEFAULTS = {
         "on_bad_record": "fail",              # fail | skip
         "box_tolerance": 0.05,                # fake_image_box may leave the image by this fraction of W/H (MTCNN boxes)
         "jpeg_draft": True,                   # decode JPEGs at 1/2-1/8 scale when still >= 2x image_size (speed)
-        "check_images": True,                 # with on_bad_record=skip: decode every image once at load, drop bad ones
+        "check_images": True,                 # the up-front audit decodes every image fully (cached by size, mtime);
+                                              # false: it reads image headers only (no full decode, no cache)
         "num_workers": 4,
     },
     "model": {
@@ -117,41 +134,87 @@ DEFAULTS = {
         "whole_word": True,                   # units are whole words (False: single tokens)
         "content_spans": False,               # a selected content word also selects its adjacent content words
         "itm_neg_prob": 0.5,                  # METER: half of the pairs get another image's caption
+        "itc_dim": None,                      # null = METER (MLM + ITM); an int: add ALBEF's contrastive ITC loss on
+                                              # the unimodal [CLS] features, projected to this size (not METER's)
         "val_seed": 1234,                     # fixed masks and pairs of the validation set
     },
 }
 
+# The value rule of every key with a range or a set of choices (checked by load_config after the types).
+_SIZE, _COUNT = integer(1), integer(0)
+_LOSS_WEIGHTS = {f"loss.weights.{name}": NON_NEGATIVE for name in DEFAULTS["loss"]["weights"]}
+RULES = {
+    "data.root": TEXT, "data.train_files": PATHS, "data.val_files": PATHS, "data.test_files": PATHS,
+    "data.face_cache": TEXT, "data.stopword_cache": TEXT, "data.stopwords": TEXT, "data.tokenizer": TEXT,
+    "data.image_size": _SIZE, "data.max_len": integer(3), "data.max_words": _SIZE, "data.num_boxes": _SIZE,
+    "data.on_bad_record": choice("fail", "skip"), "data.box_tolerance": NON_NEGATIVE, "data.num_workers": _COUNT,
+    "model.hidden_size": _SIZE, "model.vit.embed_dim": _SIZE, "model.vit.depth": _SIZE, "model.vit.num_heads": _SIZE,
+    "model.vit.patch_size": _SIZE, "model.vit.mlp_ratio": POSITIVE,
+    "model.text.vocab_size": _SIZE, "model.text.hidden_size": _SIZE, "model.text.num_layers": _SIZE,
+    "model.text.num_heads": _SIZE, "model.text.intermediate_size": _SIZE,
+    "model.text.max_position_embeddings": _SIZE, "model.text.layer_norm_eps": POSITIVE,
+    "model.text.dropout": FRACTION,
+    "model.cfa.num_layers": _COUNT, "model.cfa.num_heads": _SIZE, "model.cfa.intermediate_size": _SIZE,
+    "model.cfa.dropout": FRACTION,
+    "model.trps.topk": _SIZE, "model.trps.tau1": POSITIVE, "model.trps.tau2": POSITIVE,
+    "model.trps.box_reduce": choice("mean", "sum"), "model.trps.proj_dim": _SIZE,
+    "model.vctg.topk": _SIZE, "model.vctg.kernel_size": ODD, "model.vctg.proj_dim": _SIZE,
+    "model.vctg.gate": choice("softmax", "sigmoid"), "model.vctg.token_threshold": FRACTION,
+    "model.vctg.zscore_tokens": choice("content", "words"), "model.vctg.fine_pool": choice("weighted", "length"),
+    "model.vctg.text_decision": choice("fine", "coarse"),
+    "pretrained.meter": optional(TEXT), "pretrained.openai_clip": optional(TEXT), "pretrained.roberta": optional(TEXT),
+    "pretrained.pos_embed_source": choice("meter", "openai"),
+    **_LOSS_WEIGHTS, "loss.bsc_eps": FRACTION, "loss.sce_delta": NON_NEGATIVE, "loss.sce_topk": _SIZE,
+    "loss.sce_sigma": POSITIVE, "loss.asc_lambda": NON_NEGATIVE, "loss.asc_k2_ratio": FRACTION,
+    "loss.asc_k2_min": _COUNT, "loss.scc_delta": NON_NEGATIVE,
+    "train.output_dir": TEXT, "train.epochs": _SIZE, "train.batch_size": _SIZE, "train.accum_steps": _SIZE,
+    "train.lr": NON_NEGATIVE, "train.backbone_lr_scale": NON_NEGATIVE, "train.min_lr": NON_NEGATIVE,
+    "train.weight_decay": NON_NEGATIVE, "train.warmup_steps": _COUNT, "train.amp": choice("none", "fp16", "bf16"),
+    "train.clip_grad": NON_NEGATIVE, "train.seed": _COUNT, "train.log_every": _SIZE, "train.save_every_steps": _COUNT,
+    "train.device": choice("auto", "cpu", "cuda"),
+    "eval.batch_size": _SIZE, "eval.split": choice("train", "val", "test"),
+    "pretrain.files": PATHS, "pretrain.val_size": _SIZE, "pretrain.word_kinds": optional(TEXT),
+    "pretrain.mlm_prob": FRACTION, "pretrain.content_mlm_prob": optional(FRACTION),
+    "pretrain.itm_neg_prob": FRACTION, "pretrain.val_seed": _COUNT, "pretrain.itc_dim": optional(_SIZE),
+}
+
+
+class ConfigKeyError(ConfigError, KeyError):
+    """An unknown config key (a ``KeyError`` too, for callers that catch that)."""
+
+    def __str__(self):
+        return str(self.args[0])  # KeyError's own str() would quote the message
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A config value of the wrong type (a ``TypeError`` too, for callers that catch that)."""
+
+
+def _type_ok(value, default):
+    """Whether ``value`` may stand where ``default`` is (ints where floats are; bools only where bools are)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
 
 def _coerce(value, default, key):
-    """Return ``value`` converted to the type of ``default``; raise on a mismatch."""
-    if default is None or value is None:
+    """Return ``value`` converted to the type of ``default``; raise ``ConfigTypeError`` on a mismatch (``None`` is
+    accepted only where the default is ``None``)."""
+    if default is None:
         return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise TypeError(f"config key {key}: expected bool, got {value!r}")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise TypeError(f"config key {key}: expected float, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"config key {key}: expected float, got {value!r}")
-        return float(value)
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"config key {key}: expected int, got {value!r}")
-        return value
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise TypeError(f"config key {key}: expected str, got {value!r}")
-        return value
-    if isinstance(default, list):
-        if not isinstance(value, list):
-            raise TypeError(f"config key {key}: expected list, got {value!r}")
-        return value
-    return value
+    if isinstance(default, float) and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if not _type_ok(value, default):
+        hint = ""
+        if isinstance(default, str) and isinstance(value, (bool, int, float)):
+            hint = " (YAML read the value as a number or a boolean: quote it)"
+        raise ConfigTypeError(f"config key {key}: expected {type(default).__name__}, got {value!r}{hint}")
+    return float(value) if isinstance(default, float) else value
 
 
 GRAD_CHECKPOINTING_PARTS = ("vit", "text", "cfa")
@@ -161,7 +224,7 @@ def grad_checkpointing_parts(value):
     """``train.grad_checkpointing`` -> the tuple of parts whose activations are recomputed in backward.
 
     "none" -> (), "all" -> ("vit", "text", "cfa"), "vit" -> ("vit",), ["vit", "cfa"] -> ("vit", "cfa") (in the
-    order of ``GRAD_CHECKPOINTING_PARTS``). Anything else raises ValueError naming the allowed values.
+    order of ``GRAD_CHECKPOINTING_PARTS``). Anything else raises ConfigError (a ValueError) naming the allowed values.
     """
     allowed = ("none", "all", *GRAD_CHECKPOINTING_PARTS)
     if isinstance(value, list):
@@ -169,7 +232,7 @@ def grad_checkpointing_parts(value):
     else:
         ok = isinstance(value, str) and value in allowed
     if not ok:
-        raise ValueError(f"config key train.grad_checkpointing: expected one of {allowed} or a non-empty list of "
+        raise ConfigError(f"config key train.grad_checkpointing: expected one of {allowed} or a non-empty list of "
                          f"{GRAD_CHECKPOINTING_PARTS}, got {value!r}")
     names = value if isinstance(value, list) else [value]
     if "all" in names:
@@ -182,15 +245,16 @@ VALIDATORS = {"train.grad_checkpointing": grad_checkpointing_parts}
 
 
 def merge(base, override, prefix=""):
-    """Recursively merge ``override`` into a copy of ``base``; unknown keys raise KeyError."""
+    """Recursively merge ``override`` into a copy of ``base``; unknown keys raise ``ConfigKeyError``, values of the
+    wrong type ``ConfigTypeError`` (both ``ConfigError``)."""
     out = copy.deepcopy(base)
     for key, value in override.items():
         path = f"{prefix}{key}"
         if key not in base:
-            raise KeyError(f"unknown config key: {path} (known: {sorted(base)})")
+            raise ConfigKeyError(f"unknown config key: {path} (known: {sorted(base)})")
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
-                raise TypeError(f"config key {path}: expected a mapping, got {value!r}")
+                raise ConfigTypeError(f"config key {path}: expected a mapping, got {value!r}")
             out[key] = merge(base[key], value, prefix=path + ".")
         elif path in VALIDATORS:
             VALIDATORS[path](value)  # raises on a bad value
@@ -201,43 +265,104 @@ def merge(base, override, prefix=""):
 
 
 def parse_opts(opts):
-    """Turn ``["a.b=1", "c=x"]`` into a nested dict, values parsed with literal_eval."""
+    """Turn ``["a.b=1", "c=[x, y]"]`` into a nested dict, each value parsed as YAML (as in a config file; an empty
+    value is null). A malformed entry is a ``ConfigError`` naming it."""
     nested = {}
     for opt in opts or []:
-        if "=" not in opt:
-            raise ValueError(f"--opts entries look like key.sub=value, got {opt!r}")
-        key, raw = opt.split("=", 1)
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw  # a bare string
-        node = nested
+        key, sep, raw = opt.partition("=")
         parts = key.split(".")
+        if not sep or not all(part.strip() for part in parts):
+            raise ConfigError(f"--opts entries look like key.sub=value, got {opt!r}")
+        value = _yaml_value(raw, f"--opts {opt}")
+        node = nested
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--opts {opt}: {part} is given a value by another entry, so it has no keys")
         node[parts[-1]] = value
     return nested
 
 
 def load_config(path=None, opts=None, base=None):
-    """Defaults <- ``base`` file's own ``_base_`` chain <- YAML at ``path`` <- ``opts``."""
+    """Defaults <- YAML at ``path`` (after its own ``_base_`` chain) <- ``opts``, then the value rules (``RULES``,
+    ``VALIDATORS``). Every refusal is a ``ConfigError`` (a missing file a ``MissingDataError``)."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        cfg = merge(cfg, _read_yaml_chain(path))
-    return merge(cfg, parse_opts(opts))
+        cfg = _merge_from(cfg, _read_yaml_chain(path), f"config file {path}")
+    cfg = _merge_from(cfg, parse_opts(opts), "--opts")
+    check_values(cfg, RULES)
+    return cfg
 
 
-def _read_yaml_chain(path):
+def _merge_from(cfg, override, source):
+    """``merge(cfg, override)``; an error names ``source`` (the file or --opts) after the key."""
+    try:
+        return merge(cfg, override)
+    except ConfigError as err:
+        raise type(err)(f"{err} (in {source})") from None
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, also reading ``1e-5`` as a float (YAML 1.2) and ``None`` as null."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, quoting the strings that ``_Loader`` would read as floats or null."""
+
+
+_FLOAT_E = re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$")
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_E, list("-+.0123456789"))
+    _cls.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^None$"), ["N"])
+
+
+def _yaml_error(err):
+    """One line of a PyYAML error: the problem and where it is."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    return f"{problem}{where}"
+
+
+def _yaml_value(text, source):
+    """``text`` parsed as YAML; a parse error is a ``ConfigError`` naming ``source``."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML ({_yaml_error(err)})") from None
+
+
+def _read_text(path, what, remedy):
+    """The UTF-8 text of the config file ``path``; ``what`` names it in the errors, ``remedy`` says where it goes."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise MissingDataError(f"{what} not found ({remedy})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} is not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{what} cannot be read: {err.strerror or err}") from None
+
+
+def _read_yaml_chain(path, seen=()):
     """Read a YAML file; a top-level ``_base_: other.yaml`` (relative to it) is merged first."""
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    what = f"config file {path}" + (f" (the _base_ of {seen[-1]})" if seen else "")
+    remedy = ("a _base_ is relative to the file that names it" if seen else "paths are relative to the working "
+              "directory: run from the repository root, or pass --config FILE")
+    data = _yaml_value(_read_text(path, what, remedy), what)
+    data = {} if data is None else data
     if not isinstance(data, dict):
-        raise TypeError(f"{path}: a config file must hold a mapping")
+        raise ConfigError(f"{what} must hold a mapping of config keys, not a {type(data).__name__}")
     base = data.pop("_base_", None)
     if base is None:
         return data
-    parent = _read_yaml_chain(os.path.join(os.path.dirname(path), base))
-    return _deep_update(parent, data)
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{what}: _base_ must be a file name, got {base!r}")
+    parent_path = os.path.join(os.path.dirname(path), base)
+    if os.path.realpath(parent_path) in {os.path.realpath(p) for p in (*seen, path)}:
+        raise ConfigError(f"{what}: its _base_ chain comes back to {parent_path}")
+    return _deep_update(_read_yaml_chain(parent_path, (*seen, path)), data)
 
 
 def _deep_update(base, override):
@@ -253,16 +378,7 @@ def _deep_update(base, override):
 def save_config(cfg, path):
     """Write the resolved config as YAML (floats stay floats)."""
     with open(path, "w") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
-
-
-# Keys a resumed run may change: where and how often things are written, loader workers, the device and the
-# evaluation settings. Everything else defines the run (data, model, losses, optimisation, schedule).
-# train.grad_checkpointing only trades compute for memory: the recomputation replays the same operations with the
-# same RNG state (torch.utils.checkpoint's preserve_rng_state), so the losses, gradients and RNG stream are those of
-# the run without it (tests/test_grad_checkpointing.py).
-RESUMABLE_CHANGES = ("data.num_workers", "train.output_dir", "train.log_every", "train.save_every_steps",
-                     "train.device", "train.grad_checkpointing", "eval.batch_size", "eval.split")
+        yaml.dump(cfg, f, Dumper=_Dumper, sort_keys=False)
 
 
 def flatten(values, prefix="", sep="."):
@@ -293,22 +409,3 @@ def eval_conflicts(saved, current):
     old, new = {**defaults, **flatten(saved)}, flatten(current)
     return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k) and k not in EVAL_TIME_KEYS and not k.startswith(EVAL_TIME_SECTIONS)}
-
-
-def resume_conflicts(saved, current, saved_world=None, world=None):
-    """Dotted keys (outside RESUMABLE_CHANGES) whose values differ between a checkpoint's config and the current
-    one, as ``{key: (saved, current)}``; empty when the run may continue. Given both world sizes, a new split of
-    the same global batch (world x train.accum_steps x train.batch_size, e.g. 8 GPUs -> 1 GPU with accum_steps=8)
-    is allowed: the sampler draws identical global batches for every factorisation. A key the checkpoint's config
-    does not have (an option added to the code later) is no conflict while it keeps its default, since a new option's
-    default reproduces the behaviour from before it existed."""
-    old, new, defaults = flatten(saved), flatten(current), flatten(DEFAULTS)
-    conflicts = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-                 if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)
-                 and not (k not in old and k in defaults and new.get(k) == defaults[k])}
-    split = ("train.accum_steps", "train.batch_size")
-    if saved_world and world and all(k in old and k in new for k in split):
-        if saved_world * old[split[0]] * old[split[1]] == world * new[split[0]] * new[split[1]]:
-            for key in split:
-                conflicts.pop(key, None)
-    return conflicts

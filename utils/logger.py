@@ -1,47 +1,26 @@
-"""Logging for train.py / test.py: console + file log, smoothed meters, JSON lines, TensorBoard.
+"""What a run records: JSON lines and TensorBoard scalars, one call per row (``RunLog``).
 
-- ``setup_logging(output_dir, is_main)``: the ``logging`` root logger prints INFO on rank 0 (console and
-  ``output_dir/console.log``) and only WARNING and above on the other ranks (tagged with the rank).
-- ``SmoothedValue`` / ``MetricLogger``: windowed and global averages of per-step values (the one copy in the
-  codebase); ``MetricLogger.log_every`` wraps a loader and logs ETA, step time and data time.
 - ``JsonlWriter(path)``: one JSON object per line (``log.jsonl``); numbers stay numbers (tensors and numpy scalars
-  become Python numbers; NaN/inf become null so the file stays valid JSON).
-- ``TensorBoardWriter(log_dir, enabled)``: SummaryWriter imported behind tensorboard's own "no TensorFlow"
+  become Python numbers; NaN/inf become null so the file stays valid JSON). ``drop_after(global_step)`` removes the
+  rows of steps beyond ``global_step`` (a resumed run redoes them, so they would appear twice).
+- ``TensorBoardWriter(log_dir, enabled, purge_step)``: SummaryWriter imported behind tensorboard's own "no TensorFlow"
   switch (``tensorboard.compat.notf``), so TensorFlow (installed for mtcnn) is never imported; scalars
-  (``add_scalars``) and images.
+  (``add_scalars``) and images. ``purge_step`` hides the events of steps a resumed run redoes.
+- ``RunLog(out, enabled, resumed_step)``: both, for one run folder (``<out>/log.jsonl``, ``<out>/tb``), trimmed to the
+  run's state at start; ``write(row)`` appends a row and its numeric values (except the step counters) as scalars.
 """
-import collections
-import datetime
 import json
-import logging
 import math
 import os
 import sys
-import time
 import types
 
 import numpy as np
 import torch
 
-from utils import dist
+from utils.io import atomic_write
 
-
-def setup_logging(output_dir=None, is_main=True):
-    """Configure the root logger for this rank and return the 'ciec' logger."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    prefix = "" if is_main else f"[rank {dist.get_rank()}] "
-    fmt = logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    handlers = [logging.StreamHandler(sys.stdout)]
-    if is_main and output_dir:
-        os.makedirs(output_dir, exist_ok=True)
-        handlers.append(logging.FileHandler(os.path.join(output_dir, "console.log")))
-    for handler in handlers:
-        handler.setFormatter(fmt)
-        root.addHandler(handler)
-    root.setLevel(logging.INFO if is_main else logging.WARNING)
-    return logging.getLogger("ciec")
+STEP_KEYS = ("epoch", "global_step", "seconds")  # row keys that are not curves
 
 
 def _to_number(value):
@@ -52,108 +31,6 @@ def _to_number(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-class SmoothedValue:
-    """Running statistics of a scalar: median/avg over the last ``window`` values, global average, max."""
-
-    def __init__(self, window=20, fmt="{median:.4f} ({global_avg:.4f})"):
-        self.deque = collections.deque(maxlen=window)
-        self.total, self.count, self.fmt = 0.0, 0, fmt
-
-    def update(self, value, n=1):
-        self.deque.append(value)
-        self.count += n
-        self.total += value * n
-
-    def synchronize_between_processes(self):
-        """Sum count and total over ranks (the window stays local)."""
-        if not dist.is_dist():
-            return
-        t = torch.tensor([self.count, self.total], dtype=torch.float64,
-                         device="cuda" if torch.distributed.get_backend() == "nccl" else "cpu")
-        torch.distributed.all_reduce(t)
-        self.count, self.total = int(t[0].item()), float(t[1].item())
-
-    @property
-    def median(self):
-        return float(np.median(self.deque)) if self.deque else float("nan")
-
-    @property
-    def avg(self):
-        return float(np.mean(self.deque)) if self.deque else float("nan")
-
-    @property
-    def global_avg(self):
-        return self.total / self.count if self.count else float("nan")
-
-    @property
-    def max(self):
-        return max(self.deque) if self.deque else float("nan")
-
-    @property
-    def value(self):
-        return self.deque[-1] if self.deque else float("nan")
-
-    def __str__(self):
-        return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg,
-                               max=self.max, value=self.value)
-
-
-class MetricLogger:
-    """A named set of ``SmoothedValue`` meters; ``update(loss=..., lr=...)`` adds one value to each."""
-
-    def __init__(self, delimiter="  ", logger=None):
-        self.meters = collections.defaultdict(SmoothedValue)
-        self.delimiter = delimiter
-        self.log = logger or logging.getLogger("ciec")
-
-    def add_meter(self, name, meter):
-        self.meters[name] = meter
-
-    def update(self, n=1, **values):
-        for name, value in values.items():
-            value = _to_number(value)
-            if value is None:
-                continue
-            self.meters[name].update(float(value), n=n)
-
-    def synchronize_between_processes(self):
-        for name in sorted(self.meters):
-            self.meters[name].synchronize_between_processes()
-
-    def global_averages(self):
-        """{name: global average} (numbers), e.g. for the epoch's JSON line."""
-        return {name: meter.global_avg for name, meter in self.meters.items()}
-
-    def __str__(self):
-        return self.delimiter.join(f"{name}: {meter}" for name, meter in self.meters.items())
-
-    def log_every(self, iterable, print_freq, header=""):
-        """Yield from ``iterable``; every ``print_freq`` steps log progress, ETA and timings."""
-        total = len(iterable) if hasattr(iterable, "__len__") else None
-        step_time, data_time = SmoothedValue(fmt="{avg:.3f}"), SmoothedValue(fmt="{avg:.3f}")
-        start = end = time.time()
-        for i, item in enumerate(iterable):
-            data_time.update(time.time() - end)
-            yield item
-            step_time.update(time.time() - end)
-            if i % print_freq == 0 or (total is not None and i == total - 1):
-                self._log_progress(header, i, total, step_time, data_time)
-            end = time.time()
-        elapsed = datetime.timedelta(seconds=int(time.time() - start))
-        self.log.info("%s done in %s (%.3f s / it)", header, elapsed, (time.time() - start) / max(1, step_time.count))
-
-    def _log_progress(self, header, i, total, step_time, data_time):
-        eta = ""
-        if total is not None:
-            eta = f"eta: {datetime.timedelta(seconds=int(step_time.global_avg * (total - i - 1)))}"
-        memory = ""
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            memory = f"max mem: {torch.cuda.max_memory_allocated() / 2 ** 20:.0f} MB"
-        parts = [f"{header} [{i}/{total if total is not None else '?'}]", eta, str(self),
-                 f"time: {step_time}", f"data: {data_time}", memory]
-        self.log.info(self.delimiter.join(p for p in parts if p))
 
 
 class JsonlWriter:
@@ -171,6 +48,27 @@ class JsonlWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(clean, allow_nan=False) + "\n")
 
+    def drop_after(self, global_step):
+        """Rewrite the file without the rows whose ``global_step`` is beyond ``global_step``, and without a last line
+        cut short by a kill. Other lines stay as they are."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        kept = []
+        for number, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):
+                    continue  # the row being written when the run was killed
+                row = None
+            if not (isinstance(row, dict) and isinstance(row.get("global_step"), int)
+                    and row["global_step"] > global_step):
+                kept.append(line + "\n")
+        if len(kept) < len(lines):
+            atomic_write(self.path, lambda f: f.writelines(kept), binary=False)
+
 
 def _import_summary_writer():
     # tensorboard's own switch: with this module present it never imports tensorflow (8 s and TF log noise
@@ -183,8 +81,8 @@ def _import_summary_writer():
 class TensorBoardWriter:
     """Thin SummaryWriter wrapper; every method is a no-op when ``enabled`` is False (non-main ranks)."""
 
-    def __init__(self, log_dir, enabled=True):
-        self.writer = _import_summary_writer()(log_dir=log_dir) if enabled else None
+    def __init__(self, log_dir, enabled=True, purge_step=None):
+        self.writer = _import_summary_writer()(log_dir=log_dir, purge_step=purge_step) if enabled else None
 
     def add_scalars(self, values, step, prefix=""):
         """One scalar per key of ``values`` (tag ``prefix + key``); non-finite values are skipped."""
@@ -214,3 +112,22 @@ class TensorBoardWriter:
             self.writer.close()
 
 
+class RunLog:
+    """``<out>/log.jsonl`` and ``<out>/tb`` of one run (no-ops unless ``enabled``: rank 0 writes).
+
+    ``resumed_step``: the global step the run starts from (0 for a new run); rows and events of later steps, left by
+    a run that was killed after writing them, are removed, because the run does those steps again.
+    """
+
+    def __init__(self, out, enabled, resumed_step=0):
+        self.jsonl = JsonlWriter(os.path.join(out, "log.jsonl"), enabled=enabled)
+        self.jsonl.drop_after(resumed_step)
+        self.tb = TensorBoardWriter(os.path.join(out, "tb"), enabled=enabled, purge_step=resumed_step + 1)
+
+    def write(self, row):
+        """Append ``row`` (with its ``global_step``) to log.jsonl and its curves to TensorBoard."""
+        self.jsonl.write(row)
+        self.tb.add_scalars({k: v for k, v in row.items() if k not in STEP_KEYS}, row["global_step"])
+
+    def close(self):
+        self.tb.close()

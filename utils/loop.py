@@ -1,20 +1,21 @@
 """Pieces of the training loop shared by train.py (CIEC, weak labels) and pretrain.py (METER objectives).
 
-- ``train_one_epoch(model, compute_losses, loader, optimizer, scaler, cfg, state, ctx)``: one epoch of optimizer
-  steps (accumulation, DDP no_sync, autocast, per-step lr, logging, step checkpoints).
-- ``start_run(cfg)``: process group, output folder, per-rank seed.
-- ``unwrap(model)``: the module inside DDP.
+The epoch loop itself is in each entry point's ``main`` (train, validate, save, log); this module holds its parts:
+
+- ``start_run(cfg)``: process group, output folder, per-rank seed; ``wrap_ddp(model, device)``, ``unwrap(model)``.
+- ``train_one_epoch(model, compute_losses, loader, optimizer, scaler, cfg, state, device, after_step)``: one epoch
+  of optimizer steps from ``state``'s position (accumulation, DDP no_sync, autocast, per-step lr); advances the
+  ``utils.checkpoint.TrainState`` and returns the epoch's mean losses. It saves and logs nothing itself:
+  ``after_step(state, means)`` runs after every optimizer step (``periodic``: a log row every ``train.log_every``
+  steps, ``last.pth`` every ``train.save_every_steps``).
 - ``optimizer_step(model, optimizer, scaler, clip_grad)``: (unscale, clip,) step, update, zero_grad.
 - ``check_finite(losses, state)``: every rank stops (exit 3) before anything is written when a loss is not finite.
-- ``save_state(path, model, optimizer, scaler, cfg, state, identity)``: collective; rank 0 writes the checkpoint
-  (model, optimizer, scaler, every rank's RNG, the resolved config, the loop ``state`` and ``identity``).
+- ``save_state(path, model, optimizer, scaler, cfg, state, identity)``: collective; rank 0 writes the resume
+  checkpoint (``resume_payload``: model, optimizer, scaler, every rank's RNG, world size, the resolved config, the
+  ``TrainState`` fields and ``identity``), which ``utils.checkpoint.resume`` reads back.
 - ``save_best(path, model, cfg, state, identity)``: collective; rank 0 writes a weights checkpoint (model, config,
   ``identity``, epoch, global step, best metric) for evaluation: no optimizer, scaler or RNG (``best_payload``).
-- ``clear_if_stale(...)``: the opt-in alternative to that refusal (``--restart-if-stale``): delete and start over.
-- ``resume_state(out, model, optimizer, scaler, cfg, identity)``: restores all of it from ``<out>/last.pth`` and
-  returns the loop state ({epoch, step_in_epoch, global_step, best_metric}); it refuses (SystemExit naming the
-  differing keys) a checkpoint written under another config (``utils.config.resume_conflicts``) or with another
-  ``identity`` (e.g. a fingerprint of the data), so a stale run never continues silently.
+- ``file_sha256(path)``: fingerprint of a file or folder, for a run's ``identity``.
 """
 import contextlib
 import hashlib
@@ -28,13 +29,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from utils import dist
-from utils.checkpoint import (atomic_torch_save, checkpoint_payload, find_resume, gather_rng_states, load_checkpoint,
-                              saved_world_size, weights_payload)
-from utils.config import resume_conflicts
+from utils.checkpoint import TrainState, atomic_torch_save, checkpoint_payload, weights_payload
+from utils.rng import gather_rng_states
 from utils.schedule import lr_at, set_lr
 from utils.training import amp_context, seed_everything
 
-LOOP_STATE = ("epoch", "step_in_epoch", "global_step", "best_metric")
 BEST_STATE = ("epoch", "global_step", "best_metric")  # what a weights checkpoint keeps of the loop state
 
 
@@ -53,6 +52,14 @@ def unwrap(model):
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def wrap_ddp(model, device, find_unused_parameters=False):
+    """``model`` in DistributedDataParallel when there is more than one process, else ``model`` itself."""
+    if dist.get_world_size() == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=find_unused_parameters)
+
+
 def optimizer_step(model, optimizer, scaler, clip_grad):
     if clip_grad > 0:
         scaler.unscale_(optimizer)
@@ -69,11 +76,17 @@ def check_finite(losses, state):
         torch.distributed.all_reduce(bad)
     if bad.item() > 0:
         values = {k: float(v) for k, v in losses.items()}
-        print(f"[rank {dist.get_rank()}] non-finite loss at global step {state['global_step']} "
-              f"(epoch {state['epoch']}, step {state['step_in_epoch']}): {values}. "
+        print(f"[rank {dist.get_rank()}] non-finite loss at global step {state.global_step} "
+              f"(epoch {state.epoch}, step {state.step_in_epoch}): {values}. "
               "Stopping; existing checkpoints were left untouched.", file=sys.stderr, flush=True)
         dist.cleanup()
         sys.exit(3)
+
+
+def _fields(state, names=None):
+    """The loop-state values of a ``TrainState`` (or of a plain dict with those keys), restricted to ``names``."""
+    values = state.as_dict() if isinstance(state, TrainState) else dict(state)
+    return values if names is None else {k: values[k] for k in names}
 
 
 def resume_payload(model, optimizer, scaler, cfg, state, identity=None, rng=None):
@@ -81,13 +94,12 @@ def resume_payload(model, optimizer, scaler, cfg, state, identity=None, rng=None
     extra = {} if rng is None else {"rng": rng}
     return checkpoint_payload(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
                               scaler=scaler.state_dict(), config=cfg, identity=dict(identity or {}),
-                              **extra, **{k: state[k] for k in LOOP_STATE})
+                              world_size=dist.get_world_size(), **extra, **_fields(state))
 
 
 def best_payload(model, cfg, state, identity=None):
     """What ``save_best`` writes: weights and what evaluation reads, nothing that only resuming needs."""
-    return weights_payload(unwrap(model), config=cfg, identity=dict(identity or {}),
-                           **{k: state[k] for k in BEST_STATE})
+    return weights_payload(unwrap(model), config=cfg, identity=dict(identity or {}), **_fields(state, BEST_STATE))
 
 
 def save_state(path, model, optimizer, scaler, cfg, state, identity=None):
@@ -100,38 +112,6 @@ def save_state(path, model, optimizer, scaler, cfg, state, identity=None):
 def save_best(path, model, cfg, state, identity=None):
     if dist.is_main():
         atomic_torch_save(best_payload(model, cfg, state, identity), str(path))
-    dist.barrier()
-
-
-def stale_reasons(saved, cfg, identity=None):
-    """{key: (checkpoint value, current value)} that forbid continuing ``saved`` under ``cfg`` / ``identity``."""
-    reasons = resume_conflicts(saved["config"], cfg, saved_world_size(saved), dist.get_world_size())
-    old = saved.get("identity", {})
-    for key, value in (identity or {}).items():
-        if old.get(key) != value:
-            reasons[key] = (old.get(key), value)
-    return reasons
-
-
-def refuse_stale(path, saved, cfg, identity=None):
-    reasons = stale_reasons(saved, cfg, identity)
-    if reasons:
-        lines = "\n".join(f"  {key}: checkpoint {old!r}, now {new!r}" for key, (old, new) in reasons.items())
-        raise SystemExit(f"{path} was trained with another config:\n{lines}\n"
-                         f"choose another train.output_dir, or delete {path} to start over")
-
-
-def clear_if_stale(out, cfg, identity, restart, extra_files=()):
-    """With ``restart``: delete ``<out>/last.pth`` (and ``extra_files`` in ``out``) when it was written under another
-    config or ``identity``, so the run starts over instead of being refused. Collective."""
-    path = find_resume(str(out))
-    if restart and path is not None and dist.is_main():
-        reasons = stale_reasons(torch.load(path, map_location="cpu", weights_only=True), cfg, identity)
-        if reasons:
-            print(f"{path} was trained under other settings ({', '.join(sorted(reasons))}); starting over", flush=True)
-            for name in ("last.pth", "best.pth", *extra_files):
-                if os.path.exists(os.path.join(out, name)):
-                    os.remove(os.path.join(out, name))
     dist.barrier()
 
 
@@ -149,32 +129,44 @@ def file_sha256(path):
     return h.hexdigest()
 
 
-def resume_state(out, model, optimizer, scaler, cfg, identity=None):
-    """Restore everything from ``<out>/last.pth`` if it exists; return the loop state."""
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": -1.0}
-    path = find_resume(str(out))
-    if path is None:
-        return state
-    ckpt = load_checkpoint(path, model=model, optimizer=optimizer, scaler=scaler, strict=True,  # and RNG
-                           check=lambda saved: refuse_stale(path, saved, cfg, identity))
-    state.update({k: ckpt[k] for k in LOOP_STATE})
-    print(f"resumed from {path}: epoch {state['epoch']}, step {state['step_in_epoch']} of the epoch, "
-          f"global step {state['global_step']}")
-    return state
+def periodic(out, model, optimizer, scaler, cfg, identity, log):
+    """The ``after_step`` of ``train_one_epoch``: a row of running mean losses and the lr in ``log`` (a
+    ``utils.logger.RunLog``) every ``train.log_every`` steps, ``<out>/last.pth`` every ``train.save_every_steps``."""
+    tcfg = cfg["train"]
+
+    def after_step(state, means):
+        if state.global_step % tcfg["log_every"] == 0:
+            reduced = dist.reduce_dict({k: torch.tensor(v) for k, v in means.items()})  # collective
+            log.write({"global_step": state.global_step, "epoch": state.epoch,
+                       **{f"train/{k}": float(v) for k, v in reduced.items()},
+                       "lr": optimizer.param_groups[0]["lr"]})
+        if tcfg["save_every_steps"] and state.global_step % tcfg["save_every_steps"] == 0:
+            save_state(Path(out) / "last.pth", model, optimizer, scaler, cfg, state, identity)
+    return after_step
 
 
-def train_one_epoch(model, compute_losses, loader, optimizer, scaler, cfg, state, ctx):
-    """One epoch of optimizer steps (each ``accum_steps`` micro-batches); updates ``state``, returns mean losses.
+def place_loader(loader, state):
+    """Point the training sampler (and the per-sample augmentation seeds) at ``state``'s epoch, after the
+    ``state.step_in_epoch`` steps already done: the sampler's order is a function of (seed, epoch) only."""
+    loader.sampler.set_epoch(state.epoch)
+    loader.sampler.set_start(state.step_in_epoch)
+    loader.dataset.set_epoch(state.epoch)
+
+
+def train_one_epoch(model, compute_losses, loader, optimizer, scaler, cfg, state, device, after_step=None):
+    """The rest of epoch ``state.epoch`` in optimizer steps (each ``accum_steps`` micro-batches); advances ``state``
+    and returns the mean losses of the micro-batches run.
 
     ``compute_losses(model, batch, state, micro)`` -> dict of scalar losses with "loss" (run under autocast);
-    ``batch`` is the loader's CPU batch and ``micro`` the micro-batch index in the epoch. ``ctx``: device, out,
-    total_steps, jsonl, tb and optionally identity (stored in the step checkpoints).
+    ``batch`` is the loader's CPU batch and ``micro`` the micro-batch index in this call. ``after_step(state,
+    means)``, if given, runs after every optimizer step with the running means so far.
     """
     tcfg = cfg["train"]
-    accum, device = tcfg["accum_steps"], ctx["device"]
+    accum, total_steps = tcfg["accum_steps"], tcfg["epochs"] * loader.sampler.steps_per_epoch
+    place_loader(loader, state)
     model.train()
     sums, count = {}, 0
-    bar = tqdm(total=len(loader) // accum, disable=not dist.is_main(), desc=f"epoch {state['epoch']}",
+    bar = tqdm(total=len(loader) // accum, disable=not dist.is_main(), desc=f"epoch {state.epoch}",
                dynamic_ncols=True, leave=False)
     for i, batch in enumerate(loader):
         last_micro = (i + 1) % accum == 0
@@ -191,25 +183,13 @@ def train_one_epoch(model, compute_losses, loader, optimizer, scaler, cfg, state
         if not last_micro:
             continue
         # the lr of the update that makes global step g+1 (warm-up never spends a step at lr 0)
-        set_lr(optimizer, lr_at(state["global_step"] + 1, tcfg["lr"], tcfg["min_lr"], tcfg["warmup_steps"],
-                                ctx["total_steps"]))
+        set_lr(optimizer, lr_at(state.global_step + 1, tcfg["lr"], tcfg["min_lr"], tcfg["warmup_steps"], total_steps))
         optimizer_step(model, optimizer, scaler, tcfg["clip_grad"])
-        state["global_step"] += 1
-        state["step_in_epoch"] += 1
+        state.global_step += 1
+        state.step_in_epoch += 1
         bar.update(1)
-        if state["global_step"] % tcfg["log_every"] == 0:
-            log_train(sums, count, optimizer, state, ctx)
-            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
-        if tcfg["save_every_steps"] and state["global_step"] % tcfg["save_every_steps"] == 0:
-            save_state(ctx["out"] / "last.pth", model, optimizer, scaler, cfg, state, ctx.get("identity"))
+        bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", refresh=False)
+        if after_step is not None:
+            after_step(state, {k: v / count for k, v in sums.items()})
     bar.close()
     return {k: v / max(count, 1) for k, v in sums.items()}
-
-
-def log_train(sums, count, optimizer, state, ctx):
-    means = dist.reduce_dict({k: torch.tensor(v / count) for k, v in sums.items()})
-    if dist.is_main():
-        row = {f"train/{k}": float(v) for k, v in means.items()}
-        row["lr"] = optimizer.param_groups[0]["lr"]
-        ctx["jsonl"].write({"global_step": state["global_step"], "epoch": state["epoch"], **row})
-        ctx["tb"].add_scalars(row, state["global_step"])

@@ -8,15 +8,15 @@ relative to it, and the tokenizer folder (relative to the working directory, lik
 missing file or folder and what to do about it: where DGM4 goes, which preprocess command makes which cache,
 which checkpoint was looked for. ``BadInputError`` is its sibling for an input that is there but unusable (infer.py:
 a file that is not an image, an empty caption, a checkpoint that is not CIEC's, CUDA asked for where there is none).
-``exit_on_missing`` runs an entry point's ``main`` and turns these two error types into ``error: <message>`` on
-stderr and exit status 2; every other exception keeps its traceback.
+``exit_on_missing`` runs an entry point's ``main`` and turns these two error types, and every other user error of
+``utils.errors`` (a bad config value is a ``ConfigError``), into ``error: <message>`` on stderr and exit status 2;
+every other exception keeps its traceback.
 """
 import os
 import shlex
-import sys
 
 from utils.config import load_config
-from utils.errors import BadInputError, MissingDataError, exit_on_user_error  # noqa: F401 (re-exported)
+from utils.errors import BadInputError, ConfigError, MissingDataError, exit_on_user_error  # noqa: F401 (re-exported)
 
 DEFAULT_CONFIG = "configs/ciec.yaml"
 SPLITS = ("train", "val", "test")
@@ -48,7 +48,9 @@ def command(script, config=DEFAULT_CONFIG, opts=()):
 
 
 def load_entry_config(path, opts=()):
-    """``load_config(path, opts)``; a missing config file is a ``MissingDataError``."""
+    """``load_config(path, opts)``; a missing config file is a ``MissingDataError``, a bad one a ``ConfigError``."""
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path} is a folder: pass a YAML file with --config, such as {DEFAULT_CONFIG}")
     if not os.path.isfile(path):
         raise MissingDataError(f"config file {path} not found (paths are relative to the working directory: run "
                                f"from the repository root, or pass --config FILE)")
@@ -101,12 +103,12 @@ def require(path, what, remedy):
         raise MissingDataError(f"{what} {path} not found: {remedy}")
 
 
-def check_inputs(cfg, splits, config=DEFAULT_CONFIG, opts=(), checkpoint=None, pretrained=False):
+def check_inputs(cfg, splits, config=DEFAULT_CONFIG, opts=(), checkpoint=None, pretrained=False, files=()):
     """Raise ``MissingDataError`` for the first missing input of a command that builds the ``splits`` datasets of
-    ``cfg``: metadata, face cache, stop-word cache, tokenizer, then ``checkpoint`` and (``pretrained``) the
-    configured pretrained weights."""
+    ``cfg`` (and reads the metadata ``files``, relative to data.root: pretrain.py's corpus): metadata, face cache,
+    stop-word cache, tokenizer, then ``checkpoint`` and (``pretrained``) the configured pretrained weights."""
     paths = data_paths(cfg)
-    require_metadata(paths["root"], metadata_files(paths, splits))
+    require_metadata(paths["root"], list(dict.fromkeys([*metadata_files(paths, splits), *files])))
     require(paths["face_cache"], "face cache", f"make it with `{command('preprocess/detect_faces.py', config, opts)}`"
             " (data.face_cache)")
     require(paths["stopword_cache"], "stop-word cache",

@@ -14,20 +14,15 @@ candidates=(), info=(), legend=False)``
 - ``legend``: a key under the caption saying which colour is what (truth entries only when truth is given).
 Writes a PNG/JPEG at ``out_path`` and returns the path.
 
-``render_figure3(dataset, prediction, out_path)`` draws one ``predictions.jsonl`` record of a ``DGM4Dataset``
-sample: the original image (``dataset.root`` + record path), its candidates with their S^v (``cand_boxes``,
-``box_scores`` of the record), the normalised caption, predicted words = words with a predicted fake token (tokens
-mapped to whitespace words by character offsets, ``datasets.text.token_words``), true words = the record's
-``fake_text_pos`` mapped onto the normalised words (``align_words``' owners), the probabilities and the legend.
-``render_predictions(dataset, predictions, n, out_dir)`` renders the first ``n`` manipulated samples
-(``test.py --visualize N``). infer.py draws its pictures with ``render_prediction`` too.
+``probability_lines(pair, image, text, label=None)`` is the ``info`` line. infer.py draws its pictures with
+``render_prediction``; test.py --visualize through ``inference/figures.py``, which maps a dataset sample and its
+prediction record onto words (``utils/`` is a leaf: nothing in it imports the rest of the project).
 """
 import os
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from datasets.text import align_words, encode, token_words
 from utils.box_ops import norm_cxcywh_to_pixel_xyxy
 
 RED, GREEN, BLACK, WHITE = (220, 20, 20), (20, 170, 20), (0, 0, 0), (255, 255, 255)
@@ -154,41 +149,8 @@ def render_prediction(image, caption_words, pred_box, gt_box, token_pred_words, 
     return out_path
 
 
-def _sample_words(dataset, prediction):
-    """(image path, words, predicted word flags, true word flags) of one prediction record."""
-    rec = dataset.records[prediction["index"]]
-    if str(rec["id"]) != str(prediction["id"]):
-        raise ValueError(f"prediction for id {prediction['id']} does not match dataset record {rec['id']} "
-                         f"(index {prediction['index']}, file {rec.get('_file', '?')})")
-    caption, spans, owner = align_words(rec["text"], dataset.max_words)
-    enc = encode(dataset.tokenizer, caption, dataset.max_len)
-    words_of_token = token_words(enc, spans, len(caption))[1:]  # predictions start after <s>
-    pred = word_flags_from_tokens(prediction["token_pred"], words_of_token, len(spans))
-    fake_raw = {int(i) for i in rec["fake_text_pos"]}
-    true = [int(o in fake_raw) for o in owner]
-    words = [caption[s:e] for s, e in spans]
-    return os.path.join(dataset.root, rec["image"]), words, pred, true
-
-
 def probability_lines(pair, image, text, label=None):
     """The ``info`` line of a picture: pair / image / text p(fake) (and the true label when known)."""
     truth = "" if label is None else f" (true: {'fake' if label else 'real'})"
     return [f"p(fake): pair {pair:.2f}{truth}, image {image:.2f}, text {text:.2f}"]
 
-
-def render_figure3(dataset, prediction, out_path):
-    """Render one prediction record (see the module docstring) to ``out_path``."""
-    image_path, words, pred, true = _sample_words(dataset, prediction)
-    candidates = list(zip(prediction.get("cand_boxes", []), prediction.get("box_scores", [])))
-    info = []
-    if all(k in prediction for k in ("score", "v_fine", "t_fine")):
-        info = probability_lines(prediction["score"], prediction["v_fine"], prediction["t_fine"],
-                                 prediction.get("label"))
-    return render_prediction(image_path, words, prediction["pred_box"], prediction["gt_box"], pred, true, out_path,
-                             candidates=candidates, info=info, legend=True)
-
-
-def render_predictions(dataset, predictions, n, out_dir):
-    """Render the first ``n`` manipulated samples of ``predictions`` into ``out_dir/<id>.png``; return the paths."""
-    chosen = [p for p in predictions if p["fake_cls"] != "orig"][:n]
-    return [render_figure3(dataset, p, os.path.join(out_dir, f"{p['id']}.png")) for p in chosen]

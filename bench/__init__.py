@@ -1,0 +1,1 @@
+"""Benchmarks of the project (speed, memory, loader throughput); run as `python bench/<name>.py`."""
