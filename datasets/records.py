@@ -1,6 +1,6 @@
 """DGM4 metadata records: the ``fake_cls`` table, JSON loading, validation and image reading.
 
-Data side of the DGM4 protocol (dgm4_protocol.md 1.2-1.3, 7.9) for CIEC's weak labels (paper section 2.1: the
+Data side of the DGM4 protocol (docs/protocol.md 1.2-1.3 and 1.5) for CIEC's weak labels (paper section 2.1: the
 pair label y_m and the modality labels y_v, y_t come from ``fake_cls``; boxes and word positions are used only
 for evaluation).
 

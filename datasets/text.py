@@ -1,6 +1,6 @@
 """Caption text: the benchmark's caption cleaning, tokenisation, word->token labels, content-word masks.
 
-Implements the text side of the DGM4 protocol (docs: dgm4_protocol.md 2.3-2.5) used by CIEC's text branch
+Implements the text side of the DGM4 protocol (docs/protocol.md 2.3-2.5) used by CIEC's text branch
 (paper section 2.4: token labels for evaluation, content-word mask M_c of eqs. 13, 15 and 21, also
 the token set of L_Asc, eqs. 18-20).
 
@@ -166,11 +166,6 @@ def word_token_mask(attention_mask):
     length = attention_mask.long().sum(dim=-1, keepdim=True)
     pos = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
     return (pos >= 1) & (pos < length - 1)
-
-
-def _special_positions(enc):
-    """Positions of ``<s>``, ``</s>`` and padding (word id None)."""
-    return [w is None for w in enc["word_ids"]]
 
 
 def benchmark_token_labels(enc, fake_text_pos, max_words=50):

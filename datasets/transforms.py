@@ -1,4 +1,4 @@
-"""Image pipeline and box conversion of the DGM4 protocol (dgm4_protocol.md 2.1-2.2), as used by CIEC (paper 3.2).
+"""Image pipeline and box conversion of the DGM4 protocol (docs/protocol.md 2.1-2.2), as used by CIEC (paper 3.2).
 
 Train: horizontal flip (p=0.5) of the ORIGINAL image -> resize to S x S bicubic (no crop, aspect ratio not kept;
 antialiased like PIL, computed with torchvision's uint8 kernel for speed, see ``resize_bicubic``)

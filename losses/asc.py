@@ -1,6 +1,6 @@
 """Asymmetric Sparse Constraint L_Asc (paper section 2.4.3, eqs. 18-20).
 
-L_Asc = lam * L^T + L^F, on the token scores S^t (outputs ``token_scores``, (B,L) probabilities in [0,1]).
+L_Asc = lam * L^T + L^F, on the token scores S^t (outputs ``token_prob``, (B,L) probabilities in [0,1]).
 - L^T (eq. 18), true sentences (y_t = 0): per sentence, mean BCE(S^t, 0) over its content tokens (M_c); then mean
   over the true sentences that have at least one content token.
 - L^F (eq. 19), fake sentences (y_t = 1): the K2 content tokens with the highest S^t, K2 = min(#content,
@@ -34,7 +34,7 @@ def topk_token_mask(scores, valid, k2_ratio, k2_min):
 
 def asc_loss(outputs, batch, lam=2.0, k2_ratio=0.1, k2_min=1):
     """Eq. 20: lam * L^T (eq. 18) + L^F (eq. 19); see the module docstring."""
-    s_t = outputs["token_scores"].float()
+    s_t = outputs["token_prob"].float()
     y_t = batch["y_t"].to(s_t.device) > 0.5
     content = (batch["content_mask"] > 0) & batch["word_tokens"].bool()
     n_content = content.sum(dim=1)

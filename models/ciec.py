@@ -17,9 +17,9 @@ I_valid). It returns one flat dict (N = (S / patch)^2 patches, D = model.hidden_
     pred_box                         (B,4)    C* (cx,cy,w,h) when judged manipulated, else exactly zero
     v_patch_feats                    (B,N,D)  V-hat_pat, for L_Sce
     t_coarse                         (B,)     Top-K mean of token scores
-    s_it, s_et, s_raw, token_scores  (B,L)    eqs. 13, 15, 14, 16
+    s_it, s_et, s_raw                (B,L)    eqs. 13, 15, 14
+    token_prob                       (B,L)    S^t (eq. 16): per-token p(fake)
     t_fine                           (B,)     sentence prediction (2.4.2)
-    token_prob                       (B,L)    per-token p(fake)
     token_pred                       (B,L)    long 0/1 token predictions
 """
 import torch

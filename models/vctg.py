@@ -13,10 +13,10 @@ Inputs (B batch, L tokens incl. position 0 = ``<s>``, N patches):
     content_mask   (B,L)     M_c: 1 on content-word tokens, 0 on stop words, specials, padding
     word_tokens    (B,L)     bool, the real word tokens (``batch["word_tokens"]``, ``datasets.text.word_token_mask``):
                              attended positions minus ``<s>`` and ``</s>``
-Outputs (dict): t_coarse (B,), s_it / s_raw / s_et / token_scores (B,L), t_fine, t_fine_logit (B,),
-token_prob (B,L) (= S^t, 0 off content tokens), token_pred long (B,L). With ``image_aid=False`` (Table 3
-"w/o Image-aid") the visual branch is neither built nor run: no ``s_raw`` / ``s_et`` keys, S^t = S^it, and L_Scc
-(which reads S_raw) must be off (losses.build_criterion refuses it).
+Outputs (dict): t_coarse (B,), s_it / s_raw / s_et (B,L), token_prob (B,L) (the fused token scores S^t of eq. 16,
+read as per-token p(fake); 0 off content tokens), t_fine, t_fine_logit (B,), token_pred long (B,L). With
+``image_aid=False`` (Table 3 "w/o Image-aid") the visual branch is neither built nor run: no ``s_raw`` / ``s_et``
+keys, S^t = S^it, and L_Scc (which reads S_raw) must be off (losses.build_criterion refuses it).
 """
 import torch
 import torch.nn as nn
@@ -87,13 +87,13 @@ class VCTG(nn.Module):
         if self.image_aid:
             out["s_raw"] = self.visual_support(t_raw, v_pat_raw, words)
             out["s_et"] = self.extrinsic(out["s_raw"], content, words)
-            token_scores = self.fuse(s_it, out["s_et"], t_hat, content)
+            token_prob = self.fuse(s_it, out["s_et"], t_hat, content)
         else:
-            token_scores = s_it
-        t_fine_logit = self.fine_logit(t_hat, token_scores, content)
+            token_prob = s_it
+        t_fine_logit = self.fine_logit(t_hat, token_prob, content)
         t_fine = torch.sigmoid(t_fine_logit)
-        return {**out, "token_scores": token_scores, "t_fine": t_fine, "t_fine_logit": t_fine_logit,
-                "token_prob": token_scores, "token_pred": self.predict(token_scores, words, t_fine, t_coarse)}
+        return {**out, "token_prob": token_prob, "t_fine": t_fine, "t_fine_logit": t_fine_logit,
+                "token_pred": self.predict(token_prob, words, t_fine, t_coarse)}
 
     def intrinsic(self, t_hat, content):
         """Eq. 13: S^it = M_c * sigmoid(Linear(GELU(Conv1d(T-hat)))), (B,L) float32."""
@@ -125,9 +125,9 @@ class VCTG(nn.Module):
         g = torch.sigmoid(self.gate_head(t_hat).squeeze(-1).float())
         return ((1.0 - g) * s_it + g * s_et) * content.float()
 
-    def fine_logit(self, t_hat, token_scores, content):
+    def fine_logit(self, t_hat, token_prob, content):
         """2.4.2: logit of y^t_fine = Linear(sum_i S^t_i T-hat_i / Z); Z = sum_i S^t_i ("weighted") or #content."""
-        w = token_scores * content.float()
+        w = token_prob * content.float()
         z = w.sum(dim=1) if self.fine_pool == "weighted" else content.float().sum(dim=1)
         pooled = torch.einsum("bl,bld->bd", w, t_hat.float()) / z.clamp(min=1e-6).unsqueeze(-1)
         return self.fine_head(pooled.to(t_hat.dtype)).squeeze(-1).float()

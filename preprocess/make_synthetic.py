@@ -1,4 +1,4 @@
-"""Synthetic benchmark in the exact DGM4 format (dgm4_protocol.md sections 1.2-1.4).
+"""Synthetic benchmark in the exact DGM4 format (docs/protocol.md sections 1.2-1.4).
 
 It exercises what CIEC must learn from weak labels (paper sections 2.3-2.4): a LOCAL image trace confined to one
 face box (TRPS, 2.3), found among MTCNN-like candidate boxes, and caption words that only a comparison with the
@@ -38,7 +38,7 @@ from utils.errors import BadInputError, exit_on_user_error  # noqa: E402
 # ---------------------------------------------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------------------------------------------
-CLASS_PROBS = {  # DGM4 statistics figure (dgm4_protocol.md 1.4), percent
+CLASS_PROBS = {  # DGM4 statistics figure (docs/protocol.md 1.4), percent
     "orig": 33.7, "face_swap": 21.3, "face_attribute": 18.0, "text_swap": 9.0, "text_attribute": 3.8,
     "face_swap&text_swap": 5.4, "face_swap&text_attribute": 2.3,
     "face_attribute&text_swap": 4.6, "face_attribute&text_attribute": 1.9,

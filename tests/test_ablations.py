@@ -68,7 +68,7 @@ def test_image_aid_off_builds_no_visual_branch_and_refuses_scc():
     model = build_model(cfg)
     assert not [n for n, _ in model.named_parameters() if re.match(r"vctg\.(proj_[tv]|eta|beta|gate)", n)]
     out = model(make_batch())
-    assert "s_raw" not in out and "s_et" not in out and torch.equal(out["token_scores"], out["s_it"])
+    assert "s_raw" not in out and "s_et" not in out and torch.equal(out["token_prob"], out["s_it"])
     with pytest.raises(ValueError, match="loss.weights.scc must be 0"):
         build_criterion(merge(cfg, {"loss": {"weights": {"scc": 1.0}}}))
 

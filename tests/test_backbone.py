@@ -1,7 +1,7 @@
 """Backbone and CFA (paper section 2.2): METER-parity of the ViT and the co-attention layers, shapes, autocast,
 gradients.
 
-The references below are written from METER's description (docs: meter_backbone.md sections 1-2):
+The references below are written from METER's description (docs/protocol.md 5.3-5.4):
 ``MeterVisual`` keeps METER's CLIP key names (conv1, class_embedding, positional_embedding, ln_pre,
 transformer.resblocks.i.{ln_1, attn (nn.MultiheadAttention), ln_2, mlp.c_fc, mlp.c_proj}, ln_post) and
 builds ``layers - 1`` QuickGELU blocks as METER does; ``ref_cfa`` is BERT's cross layer written with

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from utils.checkpoint import TrainState, resume, save_checkpoint, saved_world_size, stale_reasons
+from utils.checkpoint import TrainState, atomic_torch_save, checkpoint_payload, resume, saved_world_size, stale_reasons
 from utils.config import load_config
 from utils.errors import DiskFullError
 from utils.logger import JsonlWriter, RunLog
@@ -34,7 +34,7 @@ def umask_022():
 def test_checkpoints_get_the_ordinary_file_mode(tmp_path, umask_022):
     model, opt, scaler = _objects()
     save_state(tmp_path / "last.pth", model, opt, scaler, load_config("configs/debug.yaml"), TrainState())
-    save_checkpoint(tmp_path / "other.pth", model=model)
+    atomic_torch_save(checkpoint_payload(model=model), tmp_path / "other.pth")
     for name in ("last.pth", "other.pth"):
         assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644, name
 
@@ -88,7 +88,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeyp
 
     _fill_disk_after(monkeypatch, room=2000)
     with pytest.raises(DiskFullError, match="no checkpoint was written"):
-        save_checkpoint(tmp_path / "new.pth", model=model)
+        atomic_torch_save(checkpoint_payload(model=model), tmp_path / "new.pth")
     assert sorted(os.listdir(tmp_path)) == ["last.pth"]
 
 

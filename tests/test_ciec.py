@@ -14,7 +14,7 @@ OUTPUT_KEYS = {  # docs/architecture.md, "The model output": key -> shape with B
     "logit_bin": "B", "p_bin": "B", "patch_logits": "BN", "patch_prob": "BN", "v_coarse": "B",
     "box_masks": "BnN", "s_iv": "Bn", "s_ev": "Bn", "box_scores": "Bn", "best_idx": "B", "best_mask": "BN",
     "img_valid": "B", "v_fine": "B", "pred_box": "B4", "v_patch_feats": "BND", "t_coarse": "B", "s_it": "BL",
-    "s_et": "BL", "s_raw": "BL", "token_scores": "BL", "t_fine": "B", "token_prob": "BL", "token_pred": "BL"}
+    "s_et": "BL", "s_raw": "BL", "t_fine": "B", "t_fine_logit": "B", "token_prob": "BL", "token_pred": "BL"}
 
 
 def tiny_cfg(**trps):
@@ -65,6 +65,7 @@ def test_forward_train_criterion_backward():
     batch = make_batch()
     out = model(batch)
     sizes = {"B": B, "N": (S // 8) ** 2, "n": NB, "L": L, "D": 16, "4": 4}
+    assert set(out) == set(OUTPUT_KEYS), sorted(set(out) ^ set(OUTPUT_KEYS))  # one name per output, all documented
     for key, dims in OUTPUT_KEYS.items():
         assert tuple(out[key].shape) == tuple(sizes[d] for d in dims), key
     assert out["img_valid"].tolist() == batch["y_v"].tolist()

@@ -173,9 +173,8 @@ assert world == 2 and dist.is_dist()
 order = list(DistributedSampler(range(5), num_replicas=world, rank=rank, shuffle=False))  # pads with index 0
 rows = [SAMPLES[i] for i in order]
 metrics, preds = evaluator.evaluate(_ReplayModel(), replay_loader([rows[:2], rows[2:]]), device)
-tensors = dist.all_gather_tensor(torch.arange(rank + 1, dtype=torch.float32))  # lengths 1 and 2
 reduced = dist.reduce_dict({"b": torch.tensor(float(rank)), "a": torch.tensor(2.0 * rank)})
-out = {"metrics": metrics, "n_preds": len(preds), "order": order, "tensors": tensors.tolist(),
+out = {"metrics": metrics, "n_preds": len(preds), "order": order,
        "reduced": {k: v.item() for k, v in reduced.items()}}
 with open(sys.argv[1] + f".{rank}", "w") as f:
     json.dump(out, f)
@@ -200,7 +199,6 @@ def test_two_process_gloo_synchronize(tmp_path):
         want = {k: v for k, v in expected.items() if k != "diagnostics/count/duplicates"}
         assert got == pytest.approx(want, nan_ok=True)
         assert res["n_preds"] == 5
-        assert res["tensors"] == [0.0, 0.0, 1.0]
         assert res["reduced"] == pytest.approx({"a": 1.0, "b": 0.5})
     assert not np.isnan(results[0]["metrics"]["AUC"])
 

@@ -56,10 +56,10 @@ def test_t_coarse_and_t_fine_losses():
 def test_asc_selects_exactly_k2_top_content_tokens_of_fake_sentences():
     batch = batch_of([5], y_t=[1.0])
     s = torch.tensor([[0.0, 0.0, 0.2, 0.9, 0.1, 0.7, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0]], requires_grad=True)
-    asc_loss({"token_scores": s}, batch, lam=2.0, k2_ratio=0.3, k2_min=1).backward()   # ceil(1.5) = 2
+    asc_loss({"token_prob": s}, batch, lam=2.0, k2_ratio=0.3, k2_min=1).backward()   # ceil(1.5) = 2
     assert torch.equal(s.grad[0] != 0, torch.tensor([i in (3, 5) for i in range(12)]))
     # loss value: mean of BCE(., 1) over the two chosen tokens
-    value = asc_loss({"token_scores": s}, batch, lam=2.0, k2_ratio=0.3, k2_min=1)
+    value = asc_loss({"token_prob": s}, batch, lam=2.0, k2_ratio=0.3, k2_min=1)
     assert math.isclose(value.item(), (-math.log(0.9) - math.log(0.7)) / 2, rel_tol=1e-5)
 
 
@@ -71,7 +71,7 @@ def test_asc_k2_grows_with_the_number_of_content_tokens(n_content, k2):
     assert mask.sum().item() == k2
     chosen, others = s[mask], s[(batch["content_mask"] > 0) & ~mask]
     assert others.numel() == 0 or chosen.min() >= others.max()
-    asc_loss({"token_scores": s}, batch, lam=2.0, k2_ratio=0.25, k2_min=1).backward()
+    asc_loss({"token_prob": s}, batch, lam=2.0, k2_ratio=0.25, k2_min=1).backward()
     assert (s.grad != 0).sum().item() == k2
 
 
@@ -98,7 +98,7 @@ def test_asc_true_sentences_hand_value_with_lambda():
     s[1, 1] = 0.9                                           # a stop word: not in the loss
     per0 = (-math.log(0.5) - math.log(0.8)) / 2
     per1 = (-2 * math.log(0.9) - math.log(0.6)) / 3
-    value = asc_loss({"token_scores": s}, batch, lam=2.0, k2_ratio=0.1, k2_min=1)
+    value = asc_loss({"token_prob": s}, batch, lam=2.0, k2_ratio=0.1, k2_min=1)
     assert math.isclose(value.item(), 2.0 * (per0 + per1) / 2, rel_tol=1e-5)
 
 
@@ -111,7 +111,7 @@ def test_asc_and_scc_read_the_word_tokens_of_the_batch():
     fewer = dict(batch, word_tokens=batch["word_tokens"].clone())
     fewer["word_tokens"][1] = False                          # row 1 has no word token left: only row 0 counts
     per0 = (-math.log(0.5) - math.log(0.8)) / 2
-    value = asc_loss({"token_scores": s}, fewer, lam=2.0, k2_ratio=0.1, k2_min=1)
+    value = asc_loss({"token_prob": s}, fewer, lam=2.0, k2_ratio=0.1, k2_min=1)
     assert math.isclose(value.item(), 2.0 * per0, rel_tol=1e-5)
     outputs, scc_batch = scc_case([0.3, 0.3, 0.3, 0.3], y_t=[0, 0, 1, 1], y_v=[0, 0, 0, 0])
     assert scc_loss(outputs, scc_batch, delta=0.1).item() == pytest.approx(0.1)
@@ -124,10 +124,10 @@ def test_asc_and_scc_read_the_word_tokens_of_the_batch():
 def test_asc_finite_on_all_real_all_fake_and_empty_sentences(rows, y_t):
     batch = batch_of(rows, y_t=y_t)
     s = scores_for(batch)
-    loss = asc_loss({"token_scores": s}, batch, lam=2.0, k2_ratio=0.1, k2_min=1)
+    loss = asc_loss({"token_prob": s}, batch, lam=2.0, k2_ratio=0.1, k2_min=1)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
-    lam0 = asc_loss({"token_scores": s}, batch, lam=0.0, k2_ratio=0.1, k2_min=1)
+    lam0 = asc_loss({"token_prob": s}, batch, lam=0.0, k2_ratio=0.1, k2_min=1)
     if all(y == 1.0 for y in y_t):
         assert torch.allclose(loss, lam0)                   # no true sentence: L^T = 0
     if all(n == 0 for n in rows):
@@ -137,8 +137,8 @@ def test_asc_finite_on_all_real_all_fake_and_empty_sentences(rows, y_t):
 def test_asc_fake_part_zero_in_all_real_batch():
     batch = batch_of([3, 4], y_t=[0.0, 0.0])
     s = scores_for(batch)
-    full = asc_loss({"token_scores": s}, batch, lam=1.0, k2_ratio=0.1, k2_min=1)
-    true_only = asc_loss({"token_scores": s}, batch, lam=2.0, k2_ratio=0.1, k2_min=1)
+    full = asc_loss({"token_prob": s}, batch, lam=1.0, k2_ratio=0.1, k2_min=1)
+    true_only = asc_loss({"token_prob": s}, batch, lam=2.0, k2_ratio=0.1, k2_min=1)
     assert full.item() > 0 and math.isclose(true_only.item(), 2 * full.item(), rel_tol=1e-6)
 
 
@@ -188,5 +188,5 @@ def test_losses_under_cpu_bf16_autocast():
     batch = batch_of([3, 4], y_t=[0.0, 1.0])
     s = scores_for(batch).detach().bfloat16().requires_grad_(True)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-        loss = asc_loss({"token_scores": s}, batch) + t_coarse_loss({"t_coarse": s.max(dim=1).values}, batch)
+        loss = asc_loss({"token_prob": s}, batch) + t_coarse_loss({"t_coarse": s.max(dim=1).values}, batch)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)

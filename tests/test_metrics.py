@@ -1,4 +1,4 @@
-"""utils/metrics.py against hand-computed cases (dgm4_protocol.md section 3)."""
+"""utils/metrics.py against hand-computed cases (docs/protocol.md section 3)."""
 import math
 
 import numpy as np

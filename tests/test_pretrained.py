@@ -4,7 +4,7 @@ position-embedding resize, METER / OpenAI CLIP / roberta-base round trips, CLI.
 METER-format checkpoints are assembled from modules that carry METER's own key names (the
 reference ``MeterVisual`` of test_backbone, an HF ``RobertaModel`` with pooler and the 4.x persistent
 ``position_ids``) plus random tensors for the names listed in ``meter_key_table`` (written from the
-METER key table in docs meter_backbone.md, independent of our modules), and saved as Lightning-style
+METER key table of docs/protocol.md section 5, independent of our modules), and saved as Lightning-style
 dicts whose callbacks / hyper-parameters are instances of classes from a throwaway module (and from a throwaway
 ``pytorch_lightning.utilities.parsing`` whose ``AttributeDict`` has Lightning's global name).
 """
@@ -53,7 +53,7 @@ IMAGE = 256  # model grid 16x16, as in the paper
 
 
 def meter_key_table(width, blocks, grid, text, hidden, layers, inter, clip_text_width=16):
-    """{METER state_dict key: shape} of ``METERTransformerSS`` pretrain checkpoints (meter_backbone.md 1-3)."""
+    """{METER state_dict key: shape} of ``METERTransformerSS`` pretrain checkpoints (docs/protocol.md 5.2-5.4)."""
     t, v = {}, "vit_model.visual."
     t.update({v + "conv1.weight": (width, 3, 16, 16), v + "class_embedding": (width,),
               v + "positional_embedding": (grid * grid + 1, width)})

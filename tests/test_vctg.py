@@ -65,7 +65,7 @@ def test_head_reads_the_word_tokens_of_the_batch():
 def test_output_contract_shapes_ranges_and_masks():
     out = make_head()(*inputs())
     b, length = ATTN.shape
-    for key in ("s_it", "s_raw", "s_et", "token_scores", "token_prob", "token_pred"):
+    for key in ("s_it", "s_raw", "s_et", "token_prob", "token_pred"):
         assert out[key].shape == (b, length), key
     for key in ("t_coarse", "t_fine", "t_fine_logit"):
         assert out[key].shape == (b,), key
@@ -177,7 +177,7 @@ def test_sentence_without_content_words_is_finite_and_never_fake():
 def test_eq16_image_aid_off_equals_intrinsic_and_has_no_unused_parameters():
     head = make_head(image_aid=False)
     out = head(*inputs())
-    assert torch.equal(out["token_scores"], out["s_it"])
+    assert torch.equal(out["token_prob"], out["s_it"])
     assert "s_et" not in out and "s_raw" not in out  # the visual branch is neither built nor run
     names = {n for n, _ in head.named_parameters()}
     assert not names & {"eta", "beta", "gate_logits", "proj_t.weight", "proj_v.weight"}
@@ -188,7 +188,7 @@ def test_eq16_softmax_gate_weights():
     with torch.no_grad():
         head.gate_logits.copy_(torch.tensor([0.0, torch.log(torch.tensor(3.0))]))
     out = head(*inputs())
-    assert torch.allclose(out["token_scores"], 0.25 * out["s_it"] + 0.75 * out["s_et"], atol=1e-6)
+    assert torch.allclose(out["token_prob"], 0.25 * out["s_it"] + 0.75 * out["s_et"], atol=1e-6)
 
 
 def test_eq16_sigmoid_gate_is_per_token_convex_combination():
@@ -197,7 +197,7 @@ def test_eq16_sigmoid_gate_is_per_token_convex_combination():
     out = head(t_hat, *rest)
     g = torch.sigmoid(head.gate_head(t_hat).squeeze(-1))
     expected = ((1 - g) * out["s_it"] + g * out["s_et"]) * CONTENT
-    assert torch.allclose(out["token_scores"], expected, atol=1e-6)
+    assert torch.allclose(out["token_prob"], expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("gate, gate_params", [("softmax", ["gate_logits"]),
@@ -236,7 +236,7 @@ def test_t_fine_is_score_weighted_pooling():
     head = make_head(fine_pool="weighted")
     t_hat, *rest = inputs()
     out = head(t_hat, *rest)
-    w = out["token_scores"][0]
+    w = out["token_prob"][0]
     pooled = (w.unsqueeze(-1) * t_hat[0]).sum(0) / w.sum()
     assert torch.allclose(out["t_fine_logit"][0], head.fine_head(pooled).squeeze(), atol=1e-5)
     assert torch.allclose(out["t_fine"], torch.sigmoid(out["t_fine_logit"]))
@@ -264,7 +264,7 @@ def test_bf16_autocast_keeps_similarity_in_float32():
     head = make_head()
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         out = head(*inputs())
-    assert out["s_raw"].dtype == torch.float32 and out["token_scores"].dtype == torch.float32
+    assert out["s_raw"].dtype == torch.float32 and out["token_prob"].dtype == torch.float32
     assert all(torch.isfinite(v.float()).all() for v in out.values())
 
 

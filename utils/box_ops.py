@@ -1,6 +1,7 @@
-"""Box format conversions shared by the dataset, the heads, the metrics and the visualiser.
+"""Box format conversions of the metrics and the visualiser (the dataset's pixel -> normalised conversion, with the
+flip, is ``datasets.transforms.boxes_to_cxcywh``).
 
-Formats (DGM4 protocol, dgm4_protocol.md 2.2):
+Formats (DGM4 protocol, docs/protocol.md 2.2):
 - ``cxcywh``: centre x, centre y, width, height; "normalised" means divided by the image W and H (in [0, 1]).
   This is the format of ``batch["gt_box"]``, ``batch["cand_boxes"]`` and ``outputs["pred_box"]``; the no-box
   target is ``[0, 0, 0, 0]``.
@@ -32,30 +33,14 @@ def cxcywh_to_xyxy(box):
     return _stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], box)
 
 
-def xyxy_to_cxcywh(box):
-    """(x1, y1, x2, y2) -> (cx, cy, w, h); shape (..., 4) -> (..., 4)."""
-    x1, y1, x2, y2 = _unbind(box)
-    return _stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], box)
-
-
 def _scale(box, sx, sy):
     x1, y1, x2, y2 = _unbind(box)
     return _stack([x1 * sx, y1 * sy, x2 * sx, y2 * sy], box)
 
 
-def normalize_xyxy(box, width, height):
-    """Pixel xyxy -> normalised xyxy (divide x by ``width``, y by ``height``)."""
-    return _scale(box * 1.0, 1.0 / width, 1.0 / height)
-
-
 def denormalize_xyxy(box, width, height):
     """Normalised xyxy -> pixel xyxy."""
     return _scale(box * 1.0, float(width), float(height))
-
-
-def pixel_xyxy_to_norm_cxcywh(box, width, height):
-    """DGM4 ``fake_image_box`` (pixel xyxy of the original image) -> normalised cxcywh target."""
-    return xyxy_to_cxcywh(normalize_xyxy(box, width, height))
 
 
 def norm_cxcywh_to_pixel_xyxy(box, width, height):

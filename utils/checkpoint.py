@@ -102,16 +102,11 @@ def _to_state(value):
 
 
 def checkpoint_payload(**state):
-    """The dict ``save_checkpoint`` writes: ``state`` as plain values, plus ``rng`` and ``git`` unless given."""
+    """A resume-style checkpoint dict: ``state`` as plain values, plus ``rng`` and ``git`` unless given."""
     state = {k: _to_state(v) for k, v in state.items()}
     state.setdefault("rng", capture_rng_state())
     state.setdefault("git", git_revision())
     return state
-
-
-def save_checkpoint(path, **state):
-    """Atomically write ``state`` to ``path``; adds ``rng`` and ``git`` unless given. Call on rank 0 only."""
-    return atomic_torch_save(checkpoint_payload(**state), path)
 
 
 def weights_payload(model, **meta):

@@ -78,24 +78,6 @@ def all_gather_object(obj):
     return out
 
 
-def all_gather_tensor(tensor):
-    """Concatenate every rank's ``tensor`` along dim 0; lengths along dim 0 may differ between ranks.
-
-    The tensor must live on the communication device (CUDA under NCCL). Shape (n_r, *rest) -> (sum n_r, *rest).
-    """
-    if not is_dist():
-        return tensor
-    n = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
-    sizes = [torch.zeros_like(n) for _ in range(get_world_size())]
-    dist.all_gather(sizes, n)
-    sizes = [int(s.item()) for s in sizes]
-    padded = tensor.new_zeros((max(sizes),) + tuple(tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[:s] for p, s in zip(parts, sizes)], dim=0)
-
-
 def reduce_dict(values, average=True):
     """All-reduce a dict of scalar tensors (same keys on every rank); keys sorted so ranks agree on order."""
     if not is_dist() or not values:

@@ -1,4 +1,4 @@
-"""The one DGM4 evaluator, shared by train.py (validation) and test.py (dgm4_protocol.md section 3).
+"""The one DGM4 evaluator, shared by train.py (validation) and test.py (docs/protocol.md section 3).
 
 ``evaluate(model, loader, device, amp_dtype=None)`` -> ``(metrics, predictions)`` runs the model in eval mode
 under ``torch.inference_mode`` (and autocast if ``amp_dtype``), feeds a ``DGM4Evaluator``, gathers the

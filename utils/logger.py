@@ -72,7 +72,7 @@ class JsonlWriter:
 
 def _import_summary_writer():
     # tensorboard's own switch: with this module present it never imports tensorflow (8 s and TF log noise
-    # otherwise, because TF is installed for mtcnn). dependencies.md section 3.
+    # otherwise, because TF is installed for mtcnn; tests/test_utils.py checks that tensorflow stays unimported).
     sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
     from torch.utils.tensorboard import SummaryWriter
     return SummaryWriter

@@ -1,4 +1,4 @@
-"""DGM4 evaluation metrics, exactly as the benchmark code computes them (dgm4_protocol.md section 3).
+"""DGM4 evaluation metrics, exactly as the benchmark code computes them (docs/protocol.md section 3).
 
 Pure functions over numpy arrays; every rate is returned as a FRACTION in [0, 1] (callers multiply by 100).
 N = number of samples, T = token positions per sample (after the start token).

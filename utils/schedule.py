@@ -2,7 +2,7 @@
 
 The CIEC paper (section 3.2) gives only AdamW with lr 1e-5; the schedule follows the benchmark's codebases
 (HAMMER/CSCL: warm-up then cosine), done per optimizer step so it does not depend on the epoch length
-(dgm4_protocol.md section 7, item 7).
+(docs/protocol.md section 4).
 
 ``lr_at(step, base_lr, min_lr, warmup_steps, total_steps)``, ``step`` counted from 0 in optimizer steps:
 - ``step < warmup_steps``: linear from ``warmup_start_lr`` (default 0; HAMMER warms up from its min_lr 1e-6,
