@@ -64,6 +64,17 @@ def test_unknown_keys_and_wrong_types_are_config_errors(opt, key, kind):
     assert not str(err.value).startswith("'")  # KeyError's quoting is not in the message
 
 
+def test_null_overrides_a_path_set_by_the_config_file():
+    """README's from-scratch command: demo.yaml sets pretrained.meter to a path, --opts sets it back to null."""
+    for null in ("null", "None", "~"):
+        cfg = load_config(os.path.join(ROOT, "configs/demo.yaml"), [f"pretrained.meter={null}"])
+        assert cfg["pretrained"]["meter"] is None
+    cfg = load_config(os.path.join(ROOT, "configs/demo_pretrain.yaml"), ["pretrain.content_mlm_prob=null"])
+    assert cfg["pretrain"]["content_mlm_prob"] is None
+    with pytest.raises(ConfigError, match="train.lr"):        # a key whose default is a value stays non-null
+        load_config(os.path.join(ROOT, "configs/demo.yaml"), ["train.lr=null"])
+
+
 def test_opts_parse_as_yaml_like_the_files():
     cfg = load_config(opts=["data.train_files=[a.json,b.json]", "pretrained.meter=null", "pretrained.roberta=None",
                             "pretrain.content_mlm_prob=5e-1", "model.vctg.gate='sigmoid'", "train.lr=2e-5",

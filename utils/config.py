@@ -199,10 +199,21 @@ def _type_ok(value, default):
     return isinstance(value, type(default))
 
 
+def _nullable(key):
+    """True when ``DEFAULTS`` holds ``None`` at the dotted ``key`` (an optional setting, e.g. ``pretrained.meter``)."""
+    node = DEFAULTS
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return node is None
+
+
 def _coerce(value, default, key):
     """Return ``value`` converted to the type of ``default``; raise ``ConfigTypeError`` on a mismatch (``None`` is
-    accepted only where the default is ``None``)."""
-    if default is None:
+    accepted only where the default, or the built-in default in ``DEFAULTS``, is ``None``: a config file that sets
+    ``pretrained.meter`` to a path can still be overridden with ``pretrained.meter=null``)."""
+    if default is None or (value is None and _nullable(key)):
         return value
     if isinstance(default, float) and isinstance(value, str):
         try:
