@@ -5,7 +5,7 @@ contract) that orders the epoch's permutation in *global batches* of
 ``world_size * accum_steps * batch_size`` samples. Inside a global batch, micro-batch ``m`` of
 rank ``r`` is the contiguous slice number ``m * world_size + r``. Hence 8 GPUs x 1 step,
 1 GPU x 8 accumulation steps, or 2 GPUs x 4 steps see exactly the same micro-batches and the
-same global batch, so their losses and updates agree (tests/test_train_dist.py).
+same global batch, so their losses and updates agree (tests/test_train.py).
 
 ``set_start(k)`` skips the first ``k`` optimizer steps of the epoch: resuming mid-epoch
 continues with the batch the killed run would have processed next.
@@ -13,6 +13,8 @@ continues with the batch the killed run would have processed next.
 
 import torch
 from torch.utils.data import DistributedSampler
+
+from utils.errors import ConfigError
 
 
 class BlockDistributedSampler(DistributedSampler):
@@ -24,8 +26,9 @@ class BlockDistributedSampler(DistributedSampler):
         self.global_batch = num_replicas * accum_steps * batch_size
         self.steps_per_epoch = len(dataset) // self.global_batch
         if self.steps_per_epoch == 0:
-            raise ValueError(f"dataset of {len(dataset)} samples is smaller than one global batch "
-                             f"({num_replicas} ranks x {accum_steps} accumulation x {batch_size})")
+            raise ConfigError(f"the training set has {len(dataset)} usable samples, fewer than one global batch "
+                              f"({num_replicas} ranks x train.accum_steps {accum_steps} x train.batch_size "
+                              f"{batch_size}): lower train.batch_size or add data")
         self.start_step = 0
 
     def set_start(self, step):

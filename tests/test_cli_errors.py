@@ -7,10 +7,11 @@ import sys
 
 import pytest
 
+from datasets.sampler import BlockDistributedSampler
 from tests.conftest import ROOT
 from tests.test_readme_commands import one_error_line
 from utils.cli import ArgumentParser, fraction, non_negative_int, positive_int
-from utils.errors import BadInputError
+from utils.errors import BadInputError, ConfigError
 
 DEBUG = os.path.join(ROOT, "configs", "debug.yaml")
 BAD_OPTS = [  # (script, its flags, the start of the error line)
@@ -73,3 +74,9 @@ def test_entry_point_flags_with_a_range_are_checked():
         make_synthetic.parse_args(["--out", "x", "--workers", "0"])
     with pytest.raises(BadInputError, match="unrecognized arguments: --epochs"):
         train.parse_args(["--epochs", "3"])
+
+
+def test_training_set_smaller_than_one_global_batch_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"12 usable samples, fewer than one global batch .*train\.batch_size 32"):
+        BlockDistributedSampler(list(range(12)), num_replicas=1, rank=0, batch_size=32)
+    assert BlockDistributedSampler(list(range(64)), num_replicas=1, rank=0, batch_size=32).steps_per_epoch == 2
