@@ -32,7 +32,8 @@ from inference.pairs import parse_boxes, prepare_pair
 from inference.results import pair_result, run_model
 from preprocess import detect_faces
 from utils.cli import ArgumentParser, positive_int
-from utils.paths import BadInputError, MissingDataError, exit_on_missing
+from utils.errors import exit_on_user_error
+from utils.paths import BadInputError, MissingDataError
 from utils.visualize import probability_lines, render_prediction
 
 
@@ -209,4 +210,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    exit_on_missing(lambda: main(parse_args()))  # a bad flag or unusable input: one `error:` line
+    exit_on_user_error(lambda: main(parse_args()))  # a bad flag or unusable input: one `error:` line

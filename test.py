@@ -25,8 +25,9 @@ from utils import dist
 from utils.checkpoint import load_checkpoint
 from utils.cli import ArgumentParser, non_negative_int
 from utils.config import eval_conflicts
+from utils.errors import exit_on_user_error
 from utils.evaluator import evaluate
-from utils.paths import BadInputError, check_inputs, exit_on_missing, load_entry_config
+from utils.paths import BadInputError, check_inputs, load_entry_config
 from utils.report import format_report, json_safe, write_predictions
 
 
@@ -92,4 +93,4 @@ def check_trained_config(path, state, cfg):
 
 
 if __name__ == "__main__":
-    exit_on_missing(lambda: main(parse_args()))  # a bad flag, config value or missing input: one `error:` line
+    exit_on_user_error(lambda: main(parse_args()))  # a bad flag, config value or missing input: one `error:` line

@@ -31,10 +31,11 @@ from utils import dist
 from utils.checkpoint import resume
 from utils.cli import ArgumentParser
 from utils.config import grad_checkpointing_parts, save_config
+from utils.errors import exit_on_user_error
 from utils.evaluator import evaluate, flatten_metrics
 from utils.logger import RunLog
 from utils.loop import file_sha256, periodic, save_best, save_state, start_run, train_one_epoch, unwrap, wrap_ddp
-from utils.paths import check_inputs, exit_on_missing, load_entry_config
+from utils.paths import check_inputs, load_entry_config
 from utils.training import build_optimizer, to_device
 
 
@@ -152,4 +153,4 @@ def run(args):
 
 
 if __name__ == "__main__":
-    exit_on_missing(lambda: run(parse_args()))  # a bad flag, config value or missing input: one `error:` line
+    exit_on_user_error(lambda: run(parse_args()))  # a bad flag, config value or missing input: one `error:` line

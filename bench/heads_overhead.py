@@ -21,13 +21,13 @@ import json
 import statistics
 import time
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from datasets.text import word_token_mask  # noqa: E402
-from losses import build_criterion  # noqa: E402
-from models import build_model  # noqa: E402
-from utils.config import DEFAULTS, merge  # noqa: E402
+from datasets.text import word_token_mask
+from losses import build_criterion
+from models import build_model
+from utils.config import DEFAULTS, merge
 
 
 def paper_batch(cfg, batch_size, seed=0):

@@ -20,15 +20,15 @@ import tempfile
 import time
 from types import SimpleNamespace
 
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import torch
+from PIL import Image
 
-import infer  # noqa: E402
-from inference.loading import load_for_inference  # noqa: E402
-from inference.untrained import untrained_checkpoint  # noqa: E402
-from preprocess import detect_faces  # noqa: E402
-from preprocess.train_tokenizer import train_tokenizer  # noqa: E402
-from utils.config import load_config  # noqa: E402
+import infer
+from inference.loading import load_for_inference
+from inference.untrained import untrained_checkpoint
+from preprocess import detect_faces
+from preprocess.train_tokenizer import train_tokenizer
+from utils.config import load_config
 
 DEMO_CONFIG = "configs/demo.yaml"
 CAPTION = "Astronaut Eileen Collins poses at NASA's Johnson Space Center in Houston before the STS-93 mission."

@@ -15,16 +15,16 @@ import os
 import tempfile
 import time
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
-from datasets.caches import make_header, save_cache  # noqa: E402
-from datasets.dgm4 import DGM4Dataset, audited_dataset  # noqa: E402
-from datasets.records import FAKE_CLS, read_metadata  # noqa: E402
-from datasets.text import tokenizer_for  # noqa: E402
-from preprocess.stopword_masks import mask_entry  # noqa: E402
-from preprocess.train_tokenizer import train_tokenizer  # noqa: E402
+from datasets.caches import make_header, save_cache
+from datasets.dgm4 import DGM4Dataset, audited_dataset
+from datasets.records import FAKE_CLS, read_metadata
+from datasets.text import tokenizer_for
+from preprocess.stopword_masks import mask_entry
+from preprocess.train_tokenizer import train_tokenizer
 
 WORDS = ("president minister said the people at a rally in washington on tuesday covid19 vaccine g7 "
          "summit leaders meet bulmer-rizzi celebrate event won election protest police city new york").split()

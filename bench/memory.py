@@ -33,17 +33,17 @@ import gc
 import json
 import math
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from bench.heads_overhead import paper_batch  # noqa: E402
-from losses import build_criterion  # noqa: E402
-from models import build_model  # noqa: E402
-from utils.checkpoint import capture_rng_state, serialized_nbytes  # noqa: E402
-from utils.config import load_config  # noqa: E402
-from utils.loop import best_payload, resume_payload  # noqa: E402
-from utils.memory import SavedTensorMeter  # noqa: E402
-from utils.training import amp_context, build_optimizer  # noqa: E402
+from bench.heads_overhead import paper_batch
+from losses import build_criterion
+from models import build_model
+from utils.checkpoint import capture_rng_state, serialized_nbytes
+from utils.config import load_config
+from utils.loop import best_payload, resume_payload
+from utils.memory import SavedTensorMeter
+from utils.training import amp_context, build_optimizer
 
 GIB = 1024 ** 3
 SETTINGS = ("none", "vit", "text", "cfa", "all")

@@ -19,14 +19,14 @@ import json
 import statistics
 import time
 
-import torch  # noqa: E402
+import torch
 
-from datasets.pretrain import itm_pairs, mask_tokens  # noqa: E402
-from losses.meter import meter_losses  # noqa: E402
-from models.backbone import build_backbone  # noqa: E402
-from models.meter_heads import MeterPretrainer  # noqa: E402
-from utils.config import load_config  # noqa: E402
-from utils.training import amp_context, build_optimizer  # noqa: E402
+from datasets.pretrain import itm_pairs, mask_tokens
+from losses.meter import meter_losses
+from models.backbone import build_backbone
+from models.meter_heads import MeterPretrainer
+from utils.config import load_config
+from utils.training import amp_context, build_optimizer
 
 
 def random_batch(cfg, size, batch_size, seed=0):

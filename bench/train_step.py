@@ -30,14 +30,14 @@ import json
 import statistics
 import time
 
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count  # noqa: E402
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from bench.memory import bench_batch  # noqa: E402
-from losses import build_criterion  # noqa: E402
-from models import build_model  # noqa: E402
-from utils.config import load_config  # noqa: E402
-from utils.training import amp_context, build_optimizer  # noqa: E402
+from bench.memory import bench_batch
+from losses import build_criterion
+from models import build_model
+from utils.config import load_config
+from utils.training import amp_context, build_optimizer
 
 CPU = torch.device("cpu")
 DTYPES = {"none": torch.float32, "bf16": torch.bfloat16}

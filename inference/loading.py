@@ -12,7 +12,7 @@
 The file is read once, with ``utils.safe_load.load_weights_only`` (``torch.load(weights_only=True)`` after a static
 scan of its pickle; nothing from the file runs).
 
-Refusals, each a one-line ``error:`` and exit status 2 through ``utils.paths.exit_on_missing``: no file
+Refusals, each a one-line ``error:`` and exit status 2 through ``utils.paths.exit_on_user_error``: no file
 (``MissingDataError``); a folder, an empty, truncated or foreign file (text, an image), or one whose pickle names
 code or other objects than tensors and plain containers (``CheckpointError``, naming the path and the reason); a
 file without ``model`` and ``config`` entries (a METER export, a tokenizer file), or whose weights are not the CIEC

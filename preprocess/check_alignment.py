@@ -8,10 +8,10 @@ word indices of ``fake_text_pos`` on hyphens, slashes, letter-digit glue and som
 file with the number of disagreeing captions and up to 10 example record ids.
 """
 
-from datasets.records import load_metadata  # noqa: E402
-from datasets.text import count_label_disagreements, load_tokenizer  # noqa: E402
-from utils.cli import ArgumentParser, positive_int  # noqa: E402
-from utils.errors import exit_on_user_error  # noqa: E402
+from datasets.records import load_metadata
+from datasets.text import count_label_disagreements, load_tokenizer
+from utils.cli import ArgumentParser, positive_int
+from utils.errors import exit_on_user_error
 
 
 def main(argv=None):

@@ -40,14 +40,14 @@ import os
 import re
 import time
 
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+from tqdm import tqdm
 
-from datasets.caches import load_cache, make_header, save_cache  # noqa: E402
-from datasets.records import RecordError, load_metadata, read_image, read_image_sized  # noqa: E402
-from utils.cli import ArgumentParser, fraction, positive_int  # noqa: E402
-from utils.errors import BadInputError  # noqa: E402
-from utils.paths import add_config_args, exit_on_missing, require_metadata, resolve_preprocess_args  # noqa: E402
+from datasets.caches import load_cache, make_header, save_cache
+from datasets.records import RecordError, load_metadata, read_image, read_image_sized
+from utils.cli import ArgumentParser, fraction, positive_int
+from utils.errors import BadInputError, exit_on_user_error
+from utils.paths import add_config_args, require_metadata, resolve_preprocess_args
 
 DEFAULT_THRESHOLDS = (0.6, 0.7, 0.8)  # mtcnn 1.0.0 defaults for PNet, RNet, ONet
 DEFAULT_MIN_FACE_SIZE = 20
@@ -247,4 +247,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    exit_on_missing(main)
+    exit_on_user_error(main)

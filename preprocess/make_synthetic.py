@@ -29,11 +29,11 @@ import re
 import shutil
 import time
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
-from utils.cli import ArgumentParser, positive_int  # noqa: E402
-from utils.errors import BadInputError, exit_on_user_error  # noqa: E402
+from utils.cli import ArgumentParser, positive_int
+from utils.errors import BadInputError, exit_on_user_error
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tables

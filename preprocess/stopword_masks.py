@@ -24,15 +24,15 @@ A missing metadata file or config ends with one ``error:`` line naming it (exit 
 """
 import time
 
-from tqdm import tqdm  # noqa: E402
+from tqdm import tqdm
 
-from datasets.caches import load_cache, make_header, save_cache  # noqa: E402
-from datasets.records import RecordError, load_metadata  # noqa: E402
-from datasets.text import CONTENT_RULES, STOPWORD_SOURCE, content_word_mask, load_stopwords, normalize_caption  # noqa: E402
-from utils.cli import ArgumentParser, positive_int  # noqa: E402
-from utils.config import load_config  # noqa: E402
-from utils.errors import BadInputError  # noqa: E402
-from utils.paths import add_config_args, exit_on_missing, require_metadata, resolve_preprocess_args  # noqa: E402
+from datasets.caches import load_cache, make_header, save_cache
+from datasets.records import RecordError, load_metadata
+from datasets.text import CONTENT_RULES, STOPWORD_SOURCE, content_word_mask, load_stopwords, normalize_caption
+from utils.cli import ArgumentParser, positive_int
+from utils.config import load_config
+from utils.errors import BadInputError, exit_on_user_error
+from utils.paths import add_config_args, require_metadata, resolve_preprocess_args
 
 
 def mask_entry(text, stopwords=None):
@@ -91,4 +91,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    exit_on_missing(main)
+    exit_on_user_error(main)

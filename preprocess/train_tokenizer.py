@@ -12,10 +12,10 @@ Usage (from the repository root)::
 """
 import os
 
-from datasets.records import load_metadata  # noqa: E402
-from datasets.text import load_tokenizer, normalize_caption  # noqa: E402
-from utils.cli import ArgumentParser, positive_int  # noqa: E402
-from utils.errors import exit_on_user_error  # noqa: E402
+from datasets.records import load_metadata
+from datasets.text import load_tokenizer, normalize_caption
+from utils.cli import ArgumentParser, positive_int
+from utils.errors import exit_on_user_error
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 

@@ -21,13 +21,13 @@ import time
 
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from utils.ablation_report import ROWS, write_results
+from utils.cli import ArgumentParser, non_negative_int
+from utils.config import flatten
+from utils.errors import UserError, exit_on_user_error
+from utils.paths import load_entry_config
 
-from utils.ablation_report import ROWS, write_results  # noqa: E402
-from utils.cli import ArgumentParser, non_negative_int  # noqa: E402
-from utils.config import flatten  # noqa: E402
-from utils.errors import UserError, exit_on_user_error  # noqa: E402
-from utils.paths import load_entry_config  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class RunFailed(UserError):

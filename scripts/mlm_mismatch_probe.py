@@ -12,16 +12,16 @@ evaluates; nothing is trained.
 import argparse
 import os
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
 
-from datasets.dgm4 import audited_dataset, collate  # noqa: E402
-from datasets.pretrain import KINDS, load_word_kinds  # noqa: E402
-from datasets.text import tokenizer_for  # noqa: E402
-from models.backbone import build_backbone  # noqa: E402
-from models.meter_heads import MeterPretrainer  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from datasets.dgm4 import audited_dataset, collate
+from datasets.pretrain import KINDS, load_word_kinds
+from datasets.text import tokenizer_for
+from models.backbone import build_backbone
+from models.meter_heads import MeterPretrainer
+from utils.config import load_config
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ from preprocess import detect_faces
 from tests.conftest import ROOT, run_script, tiny_opts
 from utils.box_ops import norm_cxcywh_to_pixel_xyxy
 from utils.config import load_config
-from utils.paths import exit_on_missing
+from utils.errors import exit_on_user_error
 from utils.visualize import ORANGE, RED
 
 ASTRONAUT_FACE = [180, 64, 265, 171]  # tests/test_detect_faces.py
@@ -198,7 +198,7 @@ def _compare(pred, row, dataset, flags):
 def _fails(setup, capsys, *argv):
     """Run infer in-process; assert the one-line error and exit status 2; return the message."""
     with pytest.raises(SystemExit) as exc:
-        exit_on_missing(infer.main, infer.parse_args(["--checkpoint", setup["ckpt"], *argv]))
+        exit_on_user_error(infer.main, infer.parse_args(["--checkpoint", setup["ckpt"], *argv]))
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ")

@@ -21,7 +21,8 @@ from preprocess import make_synthetic as ms
 from preprocess import train_tokenizer
 from tests.conftest import ROOT
 from utils.config import load_config
-from utils.paths import DEFAULT_CONFIG, MissingDataError, check_inputs, data_paths, exit_on_missing, metadata_files
+from utils.errors import exit_on_user_error
+from utils.paths import DEFAULT_CONFIG, MissingDataError, check_inputs, data_paths, metadata_files
 
 PATH_KEYS = ("root", "train_files", "val_files", "test_files", "face_cache", "stopword_cache", "tokenizer")
 
@@ -142,7 +143,7 @@ def test_missing_dgm4_is_one_line(tmp_path, script, split):
 
 
 def test_train_py_checks_before_it_starts(tmp_path, monkeypatch):
-    """train.py's ``run`` (what its ``__main__`` hands to ``exit_on_missing``) stops before writing anything;
+    """train.py's ``run`` (what its ``__main__`` hands to ``exit_on_user_error``) stops before writing anything;
     in-process, as train.py's imports are what a subprocess would spend its seconds on."""
     import train
     write_small_config(tmp_path)
@@ -191,7 +192,7 @@ def test_check_inputs_names_the_missing_input_and_its_command(preprocessed, monk
         check_inputs(load_config(DEFAULT_CONFIG, ["data.face_cache=no.json"]), ["test"], "other.yaml")
 
 
-def test_exit_on_missing_is_one_line_and_only_for_missing_data(capsys, monkeypatch):
+def test_exit_on_user_error_is_one_line_and_only_for_missing_data(capsys, monkeypatch):
     def missing():
         raise MissingDataError("face cache x.json not found: make it")
 
@@ -199,15 +200,15 @@ def test_exit_on_missing_is_one_line_and_only_for_missing_data(capsys, monkeypat
         raise ValueError("a real bug")
 
     with pytest.raises(SystemExit) as stop:
-        exit_on_missing(missing)
+        exit_on_user_error(missing)
     assert stop.value.code == 2 and capsys.readouterr().err == "error: face cache x.json not found: make it\n"
     monkeypatch.setenv("RANK", "3")  # other torchrun ranks exit quietly
     with pytest.raises(SystemExit):
-        exit_on_missing(missing)
+        exit_on_user_error(missing)
     assert capsys.readouterr().err == ""
     with pytest.raises(ValueError, match="a real bug"):
-        exit_on_missing(broken)
-    assert exit_on_missing(lambda a, b: a + b, 2, 3) == 5
+        exit_on_user_error(broken)
+    assert exit_on_user_error(lambda a, b: a + b, 2, 3) == 5
 
 
 def test_explicit_flags_override_the_config(readme_dir, tmp_path, monkeypatch):

@@ -8,15 +8,15 @@ relative to it, and the tokenizer folder (relative to the working directory, lik
 missing file or folder and what to do about it: where DGM4 goes, which preprocess command makes which cache,
 which checkpoint was looked for. ``BadInputError`` is its sibling for an input that is there but unusable (infer.py:
 a file that is not an image, an empty caption, a checkpoint that is not CIEC's, CUDA asked for where there is none).
-``exit_on_missing`` runs an entry point's ``main`` and turns these two error types, and every other user error of
-``utils.errors`` (a bad config value is a ``ConfigError``), into ``error: <message>`` on stderr and exit status 2;
-every other exception keeps its traceback.
+``utils.errors.exit_on_user_error`` runs an entry point's ``main`` and turns these two error types, and every
+other user error of ``utils.errors`` (a bad config value is a ``ConfigError``), into ``error: <message>`` on stderr
+and exit status 2; every other exception keeps its traceback.
 """
 import os
 import shlex
 
 from utils.config import load_config
-from utils.errors import BadInputError, ConfigError, MissingDataError, exit_on_user_error  # noqa: F401 (re-exported)
+from utils.errors import BadInputError, ConfigError, MissingDataError  # noqa: F401 (re-exported)
 
 DEFAULT_CONFIG = "configs/ciec.yaml"
 SPLITS = ("train", "val", "test")
@@ -124,7 +124,3 @@ def check_inputs(cfg, splits, config=DEFAULT_CONFIG, opts=(), checkpoint=None, p
                 require(cfg["pretrained"][key], "pretrained weights", f"put them there (pretrained.{key}; "
                         "checkpoints/README.md), or set it to null")
 
-
-def exit_on_missing(main, *args):
-    """``utils.errors.exit_on_user_error``: a user error becomes one ``error: ...`` line and exit status 2."""
-    return exit_on_user_error(main, *args)
