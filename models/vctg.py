@@ -3,7 +3,9 @@
 Implements the coarse Top-K token prediction (2.4.1, eq. 12's y^t_coarse), the intrinsic branch S^it (eq. 13), the
 visual support S_raw (eq. 14), the extrinsic branch S^et (eq. 15), the gated fusion S^t (eq. 16) and the S^t-weighted
 sentence prediction y^t_fine (2.4.2, eq. 17). The losses live in losses/text_mil.py, losses/asc.py, losses/scc.py.
-Choices the paper leaves open are explained in docs/implementation_notes.md (part 2).
+Choices the paper leaves open are explained in docs/implementation_notes.md (part 2); among them ``conv_tokens``:
+the Conv1d of eq. 13 reads all attended positions (``all``, ``<s>`` / ``</s>`` as context) or the word tokens only
+(``words``, the literal T-hat_tok).
 
 Inputs (B batch, L tokens incl. position 0 = ``<s>``, N patches):
     t_hat          (B,L,D)   CFA-aligned text features T-hat
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 GATES = ("softmax", "sigmoid")
 ZSCORE_TOKENS = ("content", "words")
 FINE_POOLS = ("weighted", "length")
+CONV_TOKENS = ("all", "words")
 TEXT_DECISIONS = ("fine", "coarse")
 
 
@@ -51,11 +54,12 @@ class VCTG(nn.Module):
 
     def __init__(self, dim, dim_t_raw, dim_v_raw, topk=3, kernel_size=3, proj_dim=256, image_aid=True,
                  gate="softmax", gate_tokens_by_text=True, token_threshold=0.5, zscore_tokens="content",
-                 fine_pool="weighted", text_decision="fine"):
+                 fine_pool="weighted", text_decision="fine", conv_tokens="all"):
         super().__init__()
         for name, value, allowed in (("gate", gate, GATES), ("zscore_tokens", zscore_tokens, ZSCORE_TOKENS),
                                      ("fine_pool", fine_pool, FINE_POOLS),
-                                     ("text_decision", text_decision, TEXT_DECISIONS)):
+                                     ("text_decision", text_decision, TEXT_DECISIONS),
+                                     ("conv_tokens", conv_tokens, CONV_TOKENS)):
             if value not in allowed:
                 raise ValueError(f"model.vctg.{name}: expected one of {allowed}, got {value!r}")
         if kernel_size % 2 != 1:
@@ -63,6 +67,7 @@ class VCTG(nn.Module):
         self.topk, self.image_aid, self.gate = topk, image_aid, gate
         self.gate_tokens_by_text, self.token_threshold = gate_tokens_by_text, token_threshold
         self.zscore_tokens, self.fine_pool, self.text_decision = zscore_tokens, fine_pool, text_decision
+        self.conv_tokens = conv_tokens
         self.coarse_head = nn.Linear(dim, 1)                      # 2.4.1 token anomaly map
         self.conv = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2)  # eq. 13
         self.it_head = nn.Linear(dim, 1)
@@ -82,7 +87,8 @@ class VCTG(nn.Module):
         content = (content_mask > 0) & words
         t_hat = t_hat * attention_mask.unsqueeze(-1).to(t_hat.dtype)  # padding features never reach the conv
         t_coarse = topk_masked_mean(torch.sigmoid(self.coarse_head(t_hat).squeeze(-1).float()), words, self.topk)
-        s_it = self.intrinsic(t_hat, content)
+        conv_in = t_hat * words.unsqueeze(-1).to(t_hat.dtype) if self.conv_tokens == "words" else t_hat
+        s_it = self.intrinsic(conv_in, content)
         out = {"t_coarse": t_coarse, "s_it": s_it}
         if self.image_aid:
             out["s_raw"] = self.visual_support(t_raw, v_pat_raw, words)
@@ -149,4 +155,4 @@ def build_vctg(cfg):
                 topk=v["topk"], kernel_size=v["kernel_size"], proj_dim=v["proj_dim"], image_aid=v["image_aid"],
                 gate=v["gate"], gate_tokens_by_text=v["gate_tokens_by_text"],
                 token_threshold=v["token_threshold"], zscore_tokens=v["zscore_tokens"],
-                fine_pool=v["fine_pool"], text_decision=v["text_decision"])
+                fine_pool=v["fine_pool"], text_decision=v["text_decision"], conv_tokens=v["conv_tokens"])

@@ -96,6 +96,23 @@ def test_padding_features_do_not_change_any_output(kernel_size):
         assert torch.allclose(out[key].float(), out2[key].float(), atol=1e-5), key
 
 
+@pytest.mark.parametrize("conv_tokens", ["all", "words"])
+def test_eq13_conv_reads_the_special_tokens_only_when_asked(conv_tokens):
+    """``all``: <s> and </s> are context of the first / last word's Conv1d window; ``words``: T-hat_tok only."""
+    head = make_head(conv_tokens=conv_tokens)
+    t_hat, t_raw, v, attn, content, words = inputs()
+    special = (attn.bool() & ~words).unsqueeze(-1)
+    out = head(t_hat, t_raw, v, attn, content, words)
+    out2 = head(t_hat + 10.0 * special, t_raw, v, attn, content, words)
+    changed = ~torch.isclose(out["s_it"], out2["s_it"], atol=1e-6)
+    if conv_tokens == "words":
+        assert not changed.any()
+    else:  # the first and last content word of row 0 sit next to <s> / </s>
+        assert changed[0, 1] and changed[0, 5] and not changed[0, 3]
+    with pytest.raises(ValueError, match="conv_tokens"):
+        make_head(conv_tokens="specials")
+
+
 def test_eq14_s_raw_is_max_cosine_over_patches():
     head = make_head()
     identity_projections(head)
@@ -271,10 +288,11 @@ def test_bf16_autocast_keeps_similarity_in_float32():
 def test_build_vctg_reads_config():
     cfg = copy.deepcopy(DEFAULTS)
     cfg["model"]["hidden_size"], cfg["model"]["text"]["hidden_size"], cfg["model"]["vit"]["embed_dim"] = D, DT, DV
-    cfg["model"]["vctg"].update(proj_dim=P, gate="sigmoid", topk=1)
+    cfg["model"]["vctg"].update(proj_dim=P, gate="sigmoid", topk=1, conv_tokens="words")
     head = build_vctg(cfg)
     assert head.proj_t.in_features == DT and head.proj_v.in_features == DV and head.proj_t.out_features == P
     assert head.conv.in_channels == D and head.topk == 1 and hasattr(head, "gate_head")
+    assert head.conv_tokens == "words" and DEFAULTS["model"]["vctg"]["conv_tokens"] == "all"
     cfg["model"]["vctg"]["gate"] = "bogus"
     with pytest.raises(ValueError, match="gate"):
         build_vctg(cfg)

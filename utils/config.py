@@ -79,6 +79,7 @@ DEFAULTS = {
             "zscore_tokens": "content",       # content | words: tokens whose mean/std give the z-score of eq. 15
             "fine_pool": "weighted",          # weighted | length: sum_i S^t_i T_i / sum_i S^t_i or / #content (2.4.2)
             "text_decision": "fine",          # fine | coarse: sentence score (> 0.5) that gates token_pred
+            "conv_tokens": "all",             # all | words: positions of T-hat the eq. 13 Conv1d reads
         },
     },
     "pretrained": {
@@ -161,7 +162,7 @@ RULES = {
     "model.vctg.topk": _SIZE, "model.vctg.kernel_size": ODD, "model.vctg.proj_dim": _SIZE,
     "model.vctg.gate": choice("softmax", "sigmoid"), "model.vctg.token_threshold": FRACTION,
     "model.vctg.zscore_tokens": choice("content", "words"), "model.vctg.fine_pool": choice("weighted", "length"),
-    "model.vctg.text_decision": choice("fine", "coarse"),
+    "model.vctg.text_decision": choice("fine", "coarse"), "model.vctg.conv_tokens": choice("all", "words"),
     "pretrained.meter": optional(TEXT), "pretrained.openai_clip": optional(TEXT), "pretrained.roberta": optional(TEXT),
     "pretrained.pos_embed_source": choice("meter", "openai"),
     **_LOSS_WEIGHTS, "loss.bsc_eps": FRACTION, "loss.sce_delta": NON_NEGATIVE, "loss.sce_topk": _SIZE,
