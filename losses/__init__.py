@@ -19,7 +19,7 @@ from losses.text_mil import t_coarse_loss, t_fine_loss
 
 class Criterion:
     def __init__(self, weights, bsc_eps=0.1, sce_delta=0.2, sce_topk=8, sce_sigma=0.25, asc_lambda=2.0,
-                 asc_k2_ratio=0.1, asc_k2_min=1, scc_delta=0.1):
+                 asc_k2_ratio=0.1, asc_k2_min=1, asc_rest_weight=0.0, scc_delta=0.1):
         self.losses = {
             "bic": bic_loss,
             "v_coarse": v_coarse_loss,
@@ -28,7 +28,8 @@ class Criterion:
             "sce": lambda o, b: sce_loss(o, b, eps=bsc_eps, delta=sce_delta, topk=sce_topk, sigma=sce_sigma),
             "t_coarse": t_coarse_loss,
             "t_fine": t_fine_loss,
-            "asc": lambda o, b: asc_loss(o, b, lam=asc_lambda, k2_ratio=asc_k2_ratio, k2_min=asc_k2_min),
+            "asc": lambda o, b: asc_loss(o, b, lam=asc_lambda, k2_ratio=asc_k2_ratio, k2_min=asc_k2_min,
+                                         rest_weight=asc_rest_weight),
             "scc": lambda o, b: scc_loss(o, b, delta=scc_delta),
         }
         unknown = sorted(set(weights) - set(self.losses))
@@ -56,4 +57,4 @@ def build_criterion(cfg):
                          "of the visual branch (eq. 14), which is not built without it (Table 3 'w/o Image-aid')")
     return Criterion(c["weights"], bsc_eps=c["bsc_eps"], sce_delta=c["sce_delta"], sce_topk=c["sce_topk"],
                      sce_sigma=c["sce_sigma"], asc_lambda=c["asc_lambda"], asc_k2_ratio=c["asc_k2_ratio"],
-                     asc_k2_min=c["asc_k2_min"], scc_delta=c["scc_delta"])
+                     asc_k2_min=c["asc_k2_min"], asc_rest_weight=c["asc_rest_weight"], scc_delta=c["scc_delta"])

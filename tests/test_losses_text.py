@@ -102,6 +102,23 @@ def test_asc_true_sentences_hand_value_with_lambda():
     assert math.isclose(value.item(), 2.0 * (per0 + per1) / 2, rel_tol=1e-5)
 
 
+def test_asc_rest_weight_suppresses_the_tokens_of_fake_sentences_outside_top_k2():
+    batch = batch_of([3, 2, 2], y_t=[1.0, 1.0, 0.0])
+    s = torch.zeros(3, 12)
+    s[0, 2:5] = torch.tensor([0.9, 0.3, 0.2])              # Top-K2 = {0.9}; rest {0.3, 0.2}
+    s[1, 2:4] = torch.tensor([0.6, 0.4])                   # Top-K2 = {0.6}; rest {0.4}
+    s[2, 2:4] = torch.tensor([0.5, 0.5])                   # a true sentence: eq. 18 only
+    s[0, 1] = 0.99                                         # a stop word of a fake sentence: never in the loss
+    paper = asc_loss({"token_prob": s}, batch, lam=2.0, k2_ratio=0.1, k2_min=1)
+    assert math.isclose(asc_loss({"token_prob": s}, batch, rest_weight=0.0).item(), paper.item())
+    rest = ((-math.log(0.7) - math.log(0.8)) / 2 - math.log(0.6)) / 2
+    value = asc_loss({"token_prob": s}, batch, lam=2.0, k2_ratio=0.1, k2_min=1, rest_weight=0.5)
+    assert math.isclose(value.item(), paper.item() + 0.5 * rest, rel_tol=1e-5)
+    s.requires_grad_(True)
+    asc_loss({"token_prob": s}, batch, rest_weight=0.5).backward()
+    assert s.grad[0, 3] > 0 and s.grad[0, 4] > 0 and s.grad[0, 1] == 0  # pushed down; the stop word untouched
+
+
 def test_asc_and_scc_read_the_word_tokens_of_the_batch():
     """The token set is ``batch["word_tokens"]`` (made by the dataset), not recomputed from the attention mask."""
     batch = batch_of([2, 3], y_t=[0.0, 0.0])

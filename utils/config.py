@@ -98,6 +98,7 @@ DEFAULTS = {
         "asc_lambda": 2.0,                    # lambda, eq. 20
         "asc_k2_ratio": 0.1,                  # K_2 = max(k2_min, ceil(ratio * #content tokens)), eq. 19
         "asc_k2_min": 1,
+        "asc_rest_weight": 0.0,               # not in the paper: BCE(S^t, 0) on fake sentences' tokens outside O
         "scc_delta": 0.1,                     # delta_2, eq. 21
     },
     "train": {
@@ -167,7 +168,7 @@ RULES = {
     "pretrained.pos_embed_source": choice("meter", "openai"),
     **_LOSS_WEIGHTS, "loss.bsc_eps": FRACTION, "loss.sce_delta": NON_NEGATIVE, "loss.sce_topk": _SIZE,
     "loss.sce_sigma": POSITIVE, "loss.asc_lambda": NON_NEGATIVE, "loss.asc_k2_ratio": FRACTION,
-    "loss.asc_k2_min": _COUNT, "loss.scc_delta": NON_NEGATIVE,
+    "loss.asc_k2_min": _COUNT, "loss.asc_rest_weight": NON_NEGATIVE, "loss.scc_delta": NON_NEGATIVE,
     "train.output_dir": TEXT, "train.epochs": _SIZE, "train.batch_size": _SIZE, "train.accum_steps": _SIZE,
     "train.lr": NON_NEGATIVE, "train.backbone_lr_scale": NON_NEGATIVE, "train.min_lr": NON_NEGATIVE,
     "train.weight_decay": NON_NEGATIVE, "train.warmup_steps": _COUNT, "train.amp": choice("none", "fp16", "bf16"),
