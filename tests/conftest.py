@@ -78,3 +78,29 @@ def train_full_batch(cfg, batch, pad_token_id, steps, lr, seed=0):
             return model.eval()(batch), losses
     finally:
         torch.set_num_threads(threads)
+
+
+def twin_batch(root, records, lr):
+    """Write ``records`` (images already under ``root``) as the one split of a benchmark, build its face cache,
+    stop-word masks and tokenizer with the preprocess scripts, and return (debug config, the whole split as one
+    eval-transform batch, its dataset). Shared by the image and text twin tests."""
+    import json
+
+    from datasets.dgm4 import audited_dataset, collate
+    from datasets.text import tokenizer_for
+    from utils.config import load_config
+
+    os.makedirs(os.path.join(root, "metadata"))
+    with open(os.path.join(root, "metadata", "train.json"), "w") as f:
+        json.dump(records, f)
+    meta = ["--data-root", str(root), "--metadata", "metadata/train.json"]
+    run_script("preprocess/detect_faces.py", *meta, "--out", os.path.join(root, "faces.json"), "--from-metadata")
+    run_script("preprocess/stopword_masks.py", *meta, "--out", os.path.join(root, "stopwords.json"))
+    run_script("preprocess/train_tokenizer.py", *meta, "--out", os.path.join(root, "tokenizer"))
+    split = "['metadata/train.json']"
+    cfg = load_config("configs/debug.yaml", [
+        f"data.root={root}", f"data.tokenizer={os.path.join(root, 'tokenizer')}",
+        f"train.output_dir={os.path.join(root, 'out')}", f"data.train_files={split}", f"data.val_files={split}",
+        f"data.test_files={split}", f"train.lr={lr}", "train.weight_decay=0.0"])
+    ds = audited_dataset(cfg, "val", tokenizer_for(cfg))  # eval transform: fixed images
+    return cfg, collate([ds[i] for i in range(len(ds))]), ds

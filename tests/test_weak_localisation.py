@@ -10,18 +10,13 @@ A tiny model (configs/debug.yaml sizes) is trained full-batch with all nine loss
 (I_valid = v_coarse > 0.5). Checks: pair AUC 1.0, every fake judged manipulated and every twin not, and the best
 proposal C* is the manipulated face on at least 5 of the 6 multi-candidate fakes (uniform choice: 2.1 expected).
 """
-import json
-import os
 
 import pytest
 import torch
 
-from datasets.dgm4 import audited_dataset, collate
-from datasets.text import tokenizer_for
 from preprocess import make_synthetic as ms
-from tests.conftest import run_script, train_full_batch
+from tests.conftest import train_full_batch, twin_batch
 from tests.test_overfit import matched_candidate
-from utils.config import load_config
 from utils.metrics import binary_auc
 
 SEED, STRENGTH, STEPS, LR, N_MULTI, N_SINGLE = 11, 3.0, 250, 1.0e-3, 6, 2
@@ -51,21 +46,8 @@ def twin_records(root):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("twins")
-    os.makedirs(root / "metadata")
-    with open(root / "metadata" / "train.json", "w") as f:
-        json.dump(twin_records(str(root)), f)
-    meta = ["--data-root", str(root), "--metadata", "metadata/train.json"]
-    run_script("preprocess/detect_faces.py", *meta, "--out", str(root / "faces.json"), "--from-metadata")
-    run_script("preprocess/stopword_masks.py", *meta, "--out", str(root / "stopwords.json"))
-    run_script("preprocess/train_tokenizer.py", *meta, "--out", str(root / "tokenizer"))
-    split = "['metadata/train.json']"
-    cfg = load_config("configs/debug.yaml", [
-        f"data.root={root}", f"data.tokenizer={root / 'tokenizer'}", f"train.output_dir={root / 'out'}",
-        f"data.train_files={split}", f"data.val_files={split}", f"data.test_files={split}",
-        f"train.lr={LR}", "train.weight_decay=0.0"])
-    ds = audited_dataset(cfg, "val", tokenizer_for(cfg))  # eval transform: fixed images
-    batch = collate([ds[i] for i in range(len(ds))])
+    root = str(tmp_path_factory.mktemp("twins"))
+    cfg, batch, ds = twin_batch(root, twin_records(root), LR)
     out, _ = train_full_batch(cfg, batch, ds.tokenizer.pad_token_id, STEPS, LR)
     match = torch.tensor([matched_candidate({k: v[i] for k, v in batch.items()})[0] for i in range(len(ds))])
     return batch, out, match

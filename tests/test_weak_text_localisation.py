@@ -15,16 +15,11 @@ words. The text encoder sees the whole caption, so "this sentence is fake" is av
 learns the sentence label and spreads it over all content tokens, and the top token lies inside the replaced words
 on 3 of the 8 fakes (chance about 2.3; token F1 0.40 with the clean labels, the rate of marking every content word).
 """
-import json
-import os
 
 import pytest
 
-from datasets.dgm4 import audited_dataset, collate
-from datasets.text import tokenizer_for
 from preprocess import make_synthetic as ms
-from tests.conftest import run_script, train_full_batch
-from utils.config import load_config
+from tests.conftest import train_full_batch, twin_batch
 
 SEED, STEPS, LR, N_FAKES = 5, 250, 1.0e-3, 8
 
@@ -46,21 +41,8 @@ def twin_records(root):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("text_twins")
-    os.makedirs(root / "metadata")
-    with open(root / "metadata" / "train.json", "w") as f:
-        json.dump(twin_records(str(root)), f)
-    meta = ["--data-root", str(root), "--metadata", "metadata/train.json"]
-    run_script("preprocess/detect_faces.py", *meta, "--out", str(root / "faces.json"), "--from-metadata")
-    run_script("preprocess/stopword_masks.py", *meta, "--out", str(root / "stopwords.json"))
-    run_script("preprocess/train_tokenizer.py", *meta, "--out", str(root / "tokenizer"))
-    split = "['metadata/train.json']"
-    cfg = load_config("configs/debug.yaml", [
-        f"data.root={root}", f"data.tokenizer={root / 'tokenizer'}", f"train.output_dir={root / 'out'}",
-        f"data.train_files={split}", f"data.val_files={split}", f"data.test_files={split}",
-        f"train.lr={LR}", "train.weight_decay=0.0"])
-    ds = audited_dataset(cfg, "val", tokenizer_for(cfg))
-    batch = collate([ds[i] for i in range(len(ds))])
+    root = str(tmp_path_factory.mktemp("text_twins"))
+    cfg, batch, ds = twin_batch(root, twin_records(root), LR)
     out, _ = train_full_batch(cfg, batch, ds.tokenizer.pad_token_id, STEPS, LR)
     batch["token_label"] = batch["token_label_clean"].eq(1)  # the clean rule; -100 (specials, padding) -> 0
     return batch, out
