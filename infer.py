@@ -15,29 +15,33 @@ and decision, timings. ``--out-image`` draws it (utils/visualize.py, as test.py 
 One pair: the JSON goes to stdout (or ``--out``). Batch: ``--pairs`` holds one ``{"image": ..., "text": ...}`` a
 line (image paths relative to that file); ``--out`` gets one JSON line per pair, in input order, each with
 ``input.line``; a pair that cannot be read gets ``"error"`` on its line and the run goes on. Files are written
-atomically (nothing half-written on an error). An unusable input (missing or non-image file, empty caption,
+atomically (nothing half-written on an error; one pair: the picture is renamed into place after the JSON is out).
+An unusable input (missing or non-image file, empty caption, ``--out-image`` without a picture extension PIL knows,
 checkpoint that is not CIEC's or whose tokenizer does not match, CUDA without a GPU) is one ``error:`` line on stderr
-and exit status 2.
+and exit status 2; the caption and the picture's extension are checked before the checkpoint is loaded.
 """
 import json
 import os
 import sys
-import tempfile
 import time
 
+from PIL import Image
 from tqdm import tqdm
 
 from inference.loading import load_for_inference
-from inference.pairs import parse_boxes, prepare_pair
+from inference.pairs import check_caption, parse_boxes, prepare_pair
 from inference.results import pair_result, run_model
 from preprocess import detect_faces
 from utils.cli import ArgumentParser, positive_int
 from utils.errors import exit_on_user_error
+from utils.io import atomic_write
 from utils.paths import BadInputError, MissingDataError
 from utils.visualize import probability_lines, render_prediction
 
 
 def parse_args(argv=None):
+    """The flags (module docstring); a usage error, an empty caption or a picture type PIL cannot write is a
+    ``BadInputError`` (``utils.cli.ArgumentParser``), raised before anything is loaded."""
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="best.pth (or last.pth) written by train.py")
     p.add_argument("--image", help="one image (any format PIL reads)")
@@ -58,34 +62,34 @@ def parse_args(argv=None):
         p.error("--image needs --text")
     if args.pairs is not None and (args.out is None or args.text is not None or args.boxes is not None):
         p.error("--pairs needs --out, and takes captions and boxes from its lines (not --text / --boxes)")
+    if args.pairs is None:
+        check_single_args(p, args)
     return args
 
 
-def atomic_write(path, write):
-    """``write(tmp_path)`` then rename to ``path``: a failure leaves no partial file (same suffix, for PIL)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
-    os.close(fd)
+def check_single_args(parser, args):
+    """One-pair flags that can be refused before the checkpoint is loaded: the caption (``check_caption``) and the
+    picture's file type (an extension PIL writes), each a ``parser.error``."""
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+        check_caption(args.text)
+    except BadInputError as err:
+        parser.error(f"--text: {err}")
+    if args.out_image is not None:
+        ext = os.path.splitext(args.out_image)[1].lower()
+        if not ext:
+            parser.error(f"--out-image {args.out_image} has no file extension (give e.g. a .png file)")
+        if Image.registered_extensions().get(ext) not in Image.SAVE:
+            parser.error(f"--out-image {args.out_image}: PIL cannot write a {ext!r} picture (give e.g. a .png file)")
 
 
 def write_text(path, text):
     """``text`` into ``path`` (UTF-8), atomically."""
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    return atomic_write(path, write)
+    return atomic_write(path, lambda f: f.write(text), binary=False)
 
 
-def render_pair(prep, result, path):
-    """The picture of one result: candidates with S^v, the chosen box, fake words, probabilities, legend."""
+def render_pair(prep, result, path, then=None):
+    """The picture of one result (candidates with S^v, the chosen box, fake words, probabilities, legend), written
+    atomically; ``then()`` runs after drawing and before the rename, so its failure leaves no picture."""
     k = len(prep.boxes)
     candidates = list(zip(prep.sample["cand_boxes"][:k].tolist(), [c["score"] for c in result["candidates"]]))
     chosen = [c["chosen"] for c in result["candidates"]]
@@ -93,8 +97,14 @@ def render_pair(prep, result, path):
     info = probability_lines(result["pair"]["fake_prob"], result["image"]["fake_prob"], result["text"]["fake_prob"])
     words = [w["word"] for w in result["words"]]
     flags = [int(w["fake"]) for w in result["words"]]
-    return atomic_write(path, lambda tmp: render_prediction(prep.path, words, pred_box, None, flags, None, tmp,
-                                                            candidates=candidates, info=info, legend=True))
+    fmt = Image.registered_extensions()[os.path.splitext(path)[1].lower()]
+
+    def write(f):
+        render_prediction(prep.path, words, pred_box, None, flags, None, f, candidates=candidates, info=info,
+                          legend=True, fmt=fmt)
+        if then is not None:
+            then()
+    return atomic_write(path, write)
 
 
 def infer_prepared(predictor, prepared, amp):
@@ -121,17 +131,29 @@ def start_detector():
 
 
 def run_single(predictor, args):
+    """One pair: its result as JSON (``--out`` or stdout) and, with ``--out-image``, its picture."""
     boxes = None if args.boxes is None else parse_boxes(args.boxes)
     prep = prepare_pair(predictor, args.image, args.text, boxes)
     result = {"input": {"image": args.image, "text": args.text}, **infer_prepared(predictor, [prep], args.amp)[0]}
-    if args.out_image:
-        render_pair(prep, result, args.out_image)
-    text = json.dumps(result, indent=1, allow_nan=False)
-    if args.out:
-        write_text(args.out, text + "\n")
-    else:
-        print(text)
+    write_single(prep, result, args)
     return [result]
+
+
+def write_single(prep, result, args):
+    """The JSON, then the picture: the picture is drawn into a temporary file first and renamed only once the JSON
+    is out, so that a failure at either step leaves neither file."""
+    text = json.dumps(result, indent=1, allow_nan=False)
+
+    def emit_json():
+        if args.out:
+            write_text(args.out, text + "\n")
+        else:
+            print(text)
+
+    if args.out_image:
+        render_pair(prep, result, args.out_image, then=emit_json)
+    else:
+        emit_json()
 
 
 def read_pairs(path):
@@ -179,7 +201,7 @@ def infer_chunk(predictor, items, amp):
 
 
 def run_batch(predictor, args):
-    """Batch mode; returns the rows written (also used by bench/infer.py)."""
+    """Batch mode; returns the rows written (also used by bench/infer_speed.py)."""
     items = read_pairs(args.pairs)
     if any("error" not in item and item["boxes"] is None for item in items):
         start_detector()

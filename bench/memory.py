@@ -1,4 +1,5 @@
-"""Which micro-batch fits which GPU: device-independent memory accounting of one CIEC training step (issue 13).
+"""Which micro-batch fits which GPU: device-independent memory accounting of one CIEC training step
+(docs/implementation_notes.md "Activation checkpointing, checkpoint files, memory and speed at paper size").
 
 At the config's sizes (paper size by default: ViT-B/16 at 256x256, RoBERTa-base, 6 CFA layers, 50 tokens) and for
 each ``train.grad_checkpointing`` setting, on the CPU:
@@ -25,7 +26,7 @@ the exact sizes of ``best.pth`` and ``last.pth`` at these sizes (``utils.checkpo
 
 Usage::
 
-    PYTHONPATH=. python bench/memory.py [--config configs/ciec.yaml] [--batch 32] [--amp bf16 none] [--threads 1]
+    python bench/memory.py [--config configs/ciec.yaml] [--batch 32] [--amp bf16 none] [--threads 1]
 """
 import argparse
 import contextlib

@@ -1,4 +1,5 @@
-"""One CIEC training step at paper size on the CPU: seconds, pairs/s and the fraction of the matmul peak (issue 13).
+"""One CIEC training step at paper size on the CPU: seconds, pairs/s and the fraction of the matmul peak
+(docs/implementation_notes.md "Activation checkpointing, checkpoint files, memory and speed at paper size").
 
 For each autocast setting (fp32 = ``none``, ``bf16``) and activation-checkpointing setting (``none``, ``all``) it
 times, at the config's sizes (paper size by default: ViT-B/16 at 256x256, RoBERTa-base, 6 CFA layers, 50 tokens,
@@ -18,12 +19,12 @@ the same reason (``bench/heads_overhead.py``: threads that wait for a deschedule
 Per setting it prints one JSON line: step and forward seconds (median over ``--repeats``), pairs per second, the
 matmul's GFLOP/s, the forward's and the step's fraction of that peak, and the step time relative to the same amp
 without checkpointing. With ``--eval-batch`` it also times the evaluation forward (``model.eval()``, no grad; what
-test.py runs) in pairs per second. Targets (issue 13): fp32 forward >= 0.80 of the fp32 matmul peak; checkpointing
+test.py runs) in pairs per second. Targets: fp32 forward >= 0.80 of the fp32 matmul peak; checkpointing
 costs at most 1.4x the step time of the same setting without it.
 
 Usage::
 
-    PYTHONPATH=. python bench/train_step.py [--config configs/ciec.yaml] [--batch 2] [--repeats 3] [--threads 1]
+    python bench/train_step.py [--config configs/ciec.yaml] [--batch 2] [--repeats 3] [--threads 1]
 """
 import argparse
 import json

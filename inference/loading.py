@@ -12,15 +12,17 @@
 The file is read once, with ``utils.safe_load.load_weights_only`` (``torch.load(weights_only=True)`` after a static
 scan of its pickle; nothing from the file runs).
 
-Refusals, each a one-line ``error:`` and exit status 2 through ``utils.paths.exit_on_user_error``: no file
+Refusals, each a one-line ``error:`` and exit status 2 through ``utils.errors.exit_on_user_error``: no file
 (``MissingDataError``); a folder, an empty, truncated or foreign file (text, an image), or one whose pickle names
 code or other objects than tensors and plain containers (``CheckpointError``, naming the path and the reason); a
 file without ``model`` and ``config`` entries (a METER export, a tokenizer file), or whose weights are not the CIEC
 of its own config (``BadInputError``); a missing tokenizer folder (``MissingDataError``); a tokenizer with more
 tokens than the text encoder's table, or another folder than the one the checkpoint was trained with
-(``identity.tokenizer_sha256``, which train.py writes into best.pth) (``BadInputError``); ``device="cuda"`` without a
-GPU (``BadInputError``).
+(``identity.tokenizer_sha256``, which train.py writes into best.pth; for a checkpoint without it, last.pth: a folder
+other than the config's ``data.tokenizer`` whose files differ from it, or that cannot be compared because
+``data.tokenizer`` is not there) (``BadInputError``); ``device="cuda"`` without a GPU (``BadInputError``).
 """
+import os
 from types import SimpleNamespace
 
 import torch
@@ -74,12 +76,30 @@ def load_checked_tokenizer(cfg, state, folder=None):
     except ValueError as err:
         raise BadInputError(f"tokenizer {folder} does not fit the checkpoint's model, which was trained with "
                             f"another tokenizer size: {err}") from None
-    trained = state.get("identity", {}).get("tokenizer_sha256")
-    if trained is not None and file_sha256(folder) != trained:
+    trained = (state.get("identity") or {}).get("tokenizer_sha256")
+    if trained is None:
+        check_same_tokenizer_folder(folder, cfg["data"]["tokenizer"])
+    elif file_sha256(folder) != trained:
         raise BadInputError(f"tokenizer folder {folder} ({len(tokenizer)} tokens) is not the one the checkpoint "
                             f"was trained with (identity.tokenizer_sha256 {trained[:12]}... differs); pass "
                             f"--tokenizer DIR with that folder")
     return tokenizer
+
+
+def check_same_tokenizer_folder(folder, configured):
+    """For a checkpoint without a tokenizer fingerprint (last.pth): ``folder`` must be the config's
+    ``data.tokenizer`` folder, or a copy of it (same ``file_sha256``); else ``BadInputError`` naming both."""
+    if os.path.realpath(folder) == os.path.realpath(configured):
+        return
+    if not os.path.isdir(configured):
+        raise BadInputError(f"tokenizer folder {folder} cannot be checked against the checkpoint: it has no "
+                            f"tokenizer fingerprint (identity.tokenizer_sha256; last.pth has none) and its "
+                            f"data.tokenizer {configured} is not there to compare with; give the run's best.pth, "
+                            f"or put the tokenizer back at {configured}")
+    if file_sha256(folder) != file_sha256(configured):
+        raise BadInputError(f"tokenizer folder {folder} is not the checkpoint's data.tokenizer {configured} (their "
+                            f"files differ; the checkpoint has no tokenizer fingerprint to decide); pass --tokenizer "
+                            f"{configured} or leave --tokenizer out")
 
 
 def build_checked_model(cfg, state, tokenizer, path):

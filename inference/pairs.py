@@ -57,12 +57,21 @@ def check_boxes(boxes):
     return [[float(v) for v in box] for box in boxes]
 
 
+def _image_error(path, err):
+    """The ``BadInputError`` of a ``RecordError`` from reading ``path``; a missing file is named with the rule of
+    infer.py's paths (the dataset's message speaks of data.root, which has no part here)."""
+    if err.reason == "missing_image":
+        return BadInputError(f"image {path} does not exist (paths in a --pairs file are relative to that file; "
+                             f"--image is relative to the working directory)")
+    return BadInputError(err.message)
+
+
 def _read(path, draft_size):
     """The image for the model (dataset's draft decode) and its original (W, H); BadInputError if unreadable."""
     try:
         return read_image_sized(path, None, draft_size)
     except RecordError as err:
-        raise BadInputError(err.message) from None
+        raise _image_error(path, err) from None
 
 
 def _candidates(predictor, path, img, size, boxes):
@@ -83,18 +92,26 @@ def _candidates(predictor, path, img, size, boxes):
 
 
 def _read_full(path):
+    """The image at full resolution (for MTCNN); BadInputError if unreadable."""
     try:
         return read_image(path)
     except RecordError as err:
-        raise BadInputError(err.message) from None
+        raise _image_error(path, err) from None
 
 
-def prepare_pair(predictor, image_path, text, boxes=None):
-    """See the module docstring. ``boxes``: None (MTCNN) or a list of pixel xyxy boxes (``check_boxes``)."""
+def check_caption(text):
+    """``text`` if it is a caption the model can read, else BadInputError (empty, not a string, or only punctuation);
+    infer.py checks ``--text`` with it before loading the checkpoint."""
     if not isinstance(text, str) or not text.strip():
         raise BadInputError(f"the caption is empty (or not a string): {text!r}")
     if not normalize_caption(text, None):
         raise BadInputError(f"the caption {text!r} is empty once normalised (only punctuation)")
+    return text
+
+
+def prepare_pair(predictor, image_path, text, boxes=None):
+    """See the module docstring. ``boxes``: None (MTCNN) or a list of pixel xyxy boxes (``check_boxes``)."""
+    check_caption(text)
     boxes = None if boxes is None else check_boxes(boxes)
     t0 = time.perf_counter()
     img, size = _read(image_path, predictor.draft_size)

@@ -129,8 +129,9 @@ def _text_panel(words, pred, true, info, legend_items, width, font):
 
 
 def render_prediction(image, caption_words, pred_box, gt_box, token_pred_words, token_true_words, out_path,
-                      width=512, font_size=18, candidates=(), info=(), legend=False):
-    """Draw the picture described in the module docstring and save it to ``out_path``."""
+                      width=512, font_size=18, candidates=(), info=(), legend=False, fmt=None):
+    """Draw the picture described in the module docstring and save it to ``out_path`` (a path, or an open binary
+    file with ``fmt`` the PIL format name)."""
     img = Image.open(image).convert("RGB") if isinstance(image, (str, os.PathLike)) else image.convert("RGB")
     img = img.resize((width, max(1, round(img.height * width / img.width))), Image.BICUBIC)
     font = ImageFont.load_default(size=font_size)
@@ -144,8 +145,9 @@ def render_prediction(image, caption_words, pred_box, gt_box, token_pred_words, 
     canvas = Image.new("RGB", (width, img.height + panel.height), WHITE)
     canvas.paste(img, (0, 0))
     canvas.paste(panel, (0, img.height))
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    canvas.save(out_path)
+    if isinstance(out_path, (str, os.PathLike)):
+        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    canvas.save(out_path, format=fmt)
     return out_path
 
 

@@ -11,7 +11,7 @@ and says so. Prints one summary line and one JSON line.
 
 Usage::
 
-    python bench/infer.py [--checkpoint output/demo/best.pth] [--n 64] [--batch-size 64] [--threads 2]
+    python bench/infer_speed.py [--checkpoint output/demo/best.pth] [--n 64] [--batch-size 64] [--threads 2]
 """
 import argparse
 import json
