@@ -33,7 +33,7 @@ from losses.meter import meter_losses
 from models.backbone import build_backbone
 from models.meter_export import save_meter_checkpoint
 from models.meter_heads import MeterPretrainer
-from models.pretrained import load_configured
+from models.pretrained_load import load_configured
 from utils import dist
 from utils.checkpoint import resume
 from utils.cli import ArgumentParser

@@ -26,7 +26,7 @@ from datasets.seeding import SeededDataset
 from datasets.text import tokenizer_for
 from losses import build_criterion
 from models import build_model
-from models.pretrained import load_configured
+from models.pretrained_load import load_configured
 from utils import dist
 from utils.checkpoint import resume
 from utils.cli import ArgumentParser

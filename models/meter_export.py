@@ -1,7 +1,7 @@
 """Export a pre-trained CIEC backbone (+ METER's heads) as a METER checkpoint (CIEC paper section 3.2 starts from
 METER; pretrain.py produces the same kind of file at toy scale).
 
-``meter_state_dict(pretrainer)`` is the exact inverse of ``models.pretrained.meter_to_backbone``:
+``meter_state_dict(pretrainer)`` is the exact inverse of ``models.pretrained_keys.meter_to_backbone``:
 
     backbone.vit_model.<timm name>       -> vit_model.visual.<CLIP name>   (cls_token (1,1,D) -> class_embedding (D,),
                                             pos_embed (1,1+N,D) -> positional_embedding (1+N,D))
@@ -13,7 +13,7 @@ METER; pretrain.py produces the same kind of file at toy scale).
 atomically (plain tensors and containers: ``torch.load(weights_only=True)`` reads it), so ``pretrained.meter``
 loads it through ``models/pretrained.py`` with its exact key report (left over: ``mlm_score``, ``itm_score``).
 """
-from models.pretrained import timm_visual_name
+from models.pretrained_keys import timm_visual_name
 from utils.checkpoint import atomic_torch_save
 
 

@@ -5,36 +5,22 @@ A missing file, an unreadable or refused checkpoint (empty, truncated, not a che
 or a bad ``pretrained.*`` setting is one ``error: ...`` line on stderr and exit status 2
 (``utils.errors.exit_on_user_error``).
 
-The work is done elsewhere, one job per module: ``utils/safe_load.py`` (reading checkpoint files without running
-anything from them), ``models/pretrained_keys.py`` (key mapping of METER / OpenAI CLIP / roberta-base onto the
-backbone, exact key checks) and ``models/pretrained_load.py`` (loading and the key report). Their public names are
-re-exported here for the callers that import them from ``models.pretrained``.
+The work is done elsewhere, one job per module, and callers import from there: ``utils/safe_load.py`` (reading
+checkpoint files without running anything from them), ``models/pretrained_keys.py`` (key mapping of METER / OpenAI
+CLIP / roberta-base onto the backbone, exact key checks) and ``models/pretrained_load.py`` (loading and the key
+report). This module is the command line only.
 """
-import argparse
 import sys
 
-from models.pretrained_keys import (
-    PretrainedKeyError,
-    check_and_load,
-    clip_visual_name,
-    convert_clip_visual,
-    meter_to_backbone,
-    resize_pos_embed,
-    text_config_from_folder,
-    timm_visual_name,
-)
-from models.pretrained_load import format_key_report, load_configured, load_pretrained
+from models.pretrained_load import format_key_report, load_pretrained
+from utils.cli import ArgumentParser
 from utils.errors import exit_on_user_error
-from utils.safe_load import PickleStub, load_with_stand_ins
-
-__all__ = ["PickleStub", "PretrainedKeyError", "check_and_load", "clip_visual_name", "convert_clip_visual",
-           "format_key_report", "load_configured", "load_pretrained", "load_with_stand_ins", "main",
-           "meter_to_backbone", "resize_pos_embed", "text_config_from_folder", "timm_visual_name"]
 
 
 def main(argv=None):
     """Load ``cfg["pretrained"]`` into a freshly built backbone and print the key report; returns 0."""
-    parser = argparse.ArgumentParser(description="Load cfg.pretrained into the CIEC backbone and report keys.")
+    parser = ArgumentParser(prog="python -m models.pretrained",
+                            description="Load cfg.pretrained into the CIEC backbone and report keys.")
     parser.add_argument("--config", default=None)
     parser.add_argument("--opts", nargs="*", default=[])
     parser.add_argument("--pad-token-id", type=int, default=1)

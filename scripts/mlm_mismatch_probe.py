@@ -1,4 +1,5 @@
-"""Diagnostic: does a pre-trained backbone already 'see' manipulated words? (issue 9, docs/implementation_notes.md)
+"""Diagnostic: does a pre-trained backbone already 'see' manipulated words? (docs/implementation_notes.md
+"Pre-training: where a step's time goes, and what the demo sizes learn", "Where the information is, and is not")
 
 For every content word of the evaluation split's captions, the word is masked (all its tokens, one word at a time) and
 the pre-trained MLM head scores the original tokens with the pair's own image: surprise = mean -log p(token). A

@@ -13,7 +13,7 @@ from models import ONLY_TRAINED_BY, build_model
 from models.backbone import build_backbone
 from models.meter_export import save_meter_checkpoint
 from models.meter_heads import MeterPretrainer
-from models.pretrained import load_pretrained
+from models.pretrained_load import load_pretrained
 from tests.test_ciec import make_batch, tiny_cfg
 from utils.config import merge
 

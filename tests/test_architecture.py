@@ -1,7 +1,8 @@
 """The import rules of docs/architecture.md ("Package graph"), checked on every project .py file with ``ast``:
 ``utils/`` is a leaf; ``datasets/``, ``losses/`` and ``models/`` may import ``utils/`` only; ``preprocess/`` may
 import ``datasets/`` and ``utils/``; everything else may import anything. The document's tables (the graph as it is
-today, the rules, where each paper equation lives) must match the code."""
+today, the rules, where each paper equation lives) must match the code. No file edits ``sys.path`` (the project is
+an installed package) or imports a private torch module (``torch._x``: it can vanish in any torch release)."""
 import ast
 import os
 import re
@@ -96,6 +97,81 @@ def test_the_checker_finds_a_forbidden_import(tmp_path):
         "utils/ok.py:1 imports datasets.text (utils/ may import nothing else of the project)"]
 
 
+SYS_PATH_EDITS = {"insert", "append", "extend"}
+
+
+def dotted(node):
+    """``a.b.c`` of a chain of names and attributes, or None for anything else."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else None
+
+
+def is_private_torch(name):
+    """Does the dotted ``name`` lie under torch and pass through a private part (``torch._x``, ``torch.a._b``)?"""
+    top, *rest = name.split(".")
+    return top == "torch" and any(p.startswith("_") and not p.startswith("__") for p in rest)
+
+
+def imported_names(node):
+    """The dotted names an import node brings in: ``import a.b`` -> a.b; ``from a import b`` -> a, a.b."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+    return []
+
+
+def path_edits_and_private_torch(source, relpath):
+    """``file:line what`` for every ``sys.path.insert/append/extend(...)`` call, import of a private torch module
+    and use of ``torch._x`` in ``source`` (code only: strings and comments that name them do not count)."""
+    bad = set()
+    for node in ast.walk(ast.parse(source, filename=relpath)):
+        name = dotted(node.func) if isinstance(node, ast.Call) else None
+        if name and name.startswith("sys.path.") and name.split(".")[-1] in SYS_PATH_EDITS:
+            bad.add((node.lineno, f"calls {name} (the project is installed: pip install -e .)"))
+        private = [n for n in imported_names(node) if is_private_torch(n)]
+        if private:
+            bad.add((node.lineno, f"imports {private[0]} (a private torch module)"))
+        if isinstance(node, ast.Attribute) and dotted(node.value) == "torch" and is_private_torch(f"torch.{node.attr}"):
+            bad.add((node.lineno, f"uses torch.{node.attr} (a private torch module)"))
+    return [f"{relpath}:{line} {what}" for line, what in sorted(bad)]
+
+
+def test_no_sys_path_edit_or_private_torch_import():
+    bad = []
+    for relpath in project_files(ROOT):
+        with open(os.path.join(ROOT, relpath), encoding="utf-8") as f:
+            bad += path_edits_and_private_torch(f.read(), relpath)
+    assert not bad, "sys.path edits or private torch modules:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("source,found", [
+    ("import sys\nsys.path.insert(0, 'x')\n", "calls sys.path.insert"),
+    ("import sys\nsys.path.append('x')\n", "calls sys.path.append"),
+    ("import torch._weights_only_unpickler\n", "imports torch._weights_only_unpickler"),
+    ("import torch._weights_only_unpickler as wou\n", "imports torch._weights_only_unpickler"),
+    ("from torch._weights_only_unpickler import Unpickler\n", "imports torch._weights_only_unpickler"),
+    ("from torch import _weights_only_unpickler\n", "imports torch._weights_only_unpickler"),
+    ("from torch.serialization import _get_safe_globals\n", "imports torch.serialization._get_safe_globals"),
+    ("import torch\nx = torch._weights_only_unpickler.Unpickler\n", "uses torch._weights_only_unpickler"),
+])
+def test_the_scanner_finds_path_edits_and_private_torch(source, found):
+    bad = path_edits_and_private_torch(source, "tool.py")
+    last = source.count("\n")  # each pattern is on the source's last line
+    assert len(bad) == 1 and bad[0].startswith(f"tool.py:{last} {found} "), bad
+
+
+def test_the_scanner_ignores_public_torch_and_text():
+    ok = ('"""No sys.path.insert(0, ...) and no torch._weights_only_unpickler here."""\n'
+          "import sys\nimport torch\nimport torch.nn.functional as F\n"
+          "from torch.serialization import add_safe_globals\n"
+          "print(torch.__version__, sys.path[0], 'torch._utils._rebuild_tensor_v2')  # sys.path.append('x')\n")
+    assert path_edits_and_private_torch(ok, "tool.py") == []
+
+
 def doc_table(heading):
     """Rows (lists of cell texts) of the first table after the markdown heading ``heading`` in DOC."""
     with open(DOC, encoding="utf-8") as f:
@@ -115,6 +191,24 @@ def doc_table(heading):
 def names(cell):
     """The parts named in a cell: `utils/` -> utils, `train.py` -> train; '-' -> none."""
     return {n.rstrip("/")[:-3] if n.endswith(".py") else n.rstrip("/") for n in re.findall(r"`([^`]+)`", cell)}
+
+
+def shadowing_scripts(root, folders=("bench", "preprocess", "scripts")):
+    """Scripts run as ``python FOLDER/NAME.py`` put FOLDER first on sys.path, so a NAME equal to a top-level module
+    or package of the project (``infer``, ``train``, ``utils``, ...) makes ``import NAME`` load the script itself."""
+    top = {os.path.splitext(n)[0] for n in os.listdir(root)
+           if (n.endswith(".py") or os.path.isfile(os.path.join(root, n, "__init__.py"))) and not n.startswith(".")}
+    return sorted(f"{d}/{n}" for d in folders if os.path.isdir(os.path.join(root, d))
+                  for n in os.listdir(os.path.join(root, d)) if n.endswith(".py") and n[:-3] in top)
+
+
+def test_no_script_shadows_a_top_level_module(tmp_path):
+    assert shadowing_scripts(ROOT) == []
+    (tmp_path / "infer.py").write_text("")
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "infer.py").write_text("")
+    (tmp_path / "bench" / "infer_speed.py").write_text("")
+    assert shadowing_scripts(str(tmp_path)) == ["bench/infer.py"]
 
 
 def test_package_graph_in_the_doc_is_the_code():

@@ -17,7 +17,7 @@ from torch import nn
 
 from models.backbone import Backbone, build_backbone, build_vit
 from models.cfa import CFA
-from models.pretrained import check_and_load, convert_clip_visual
+from models.pretrained_keys import check_and_load, convert_clip_visual
 
 TINY_VIT = dict(embed_dim=32, depth=2, num_heads=2, patch_size=16, mlp_ratio=4.0)
 TINY_TEXT = dict(vocab_size=60, hidden_size=24, num_layers=2, num_heads=2, intermediate_size=32,

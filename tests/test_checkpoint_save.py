@@ -1,6 +1,7 @@
 """Saving checkpoints and run logs (issue 12 item 4, issue 14 items 2 and 6): the file mode of a checkpoint, a full
 disk during a save, the world size stored in last.pth, and log.jsonl without the rows of steps a resumed run redoes.
 """
+import dataclasses
 import errno
 import json
 import os
@@ -97,6 +98,8 @@ def test_last_pth_stores_its_world_size(tmp_path):
     model, opt, scaler = _objects()
     save_state(tmp_path / "last.pth", model, opt, scaler, cfg, TrainState())
     saved = torch.load(tmp_path / "last.pth", weights_only=True)
+    fields = {f.name for f in dataclasses.fields(TrainState)}
+    assert set(saved) == {"model", "optimizer", "scaler", "config", "identity", "rng", "world_size", "git"} | fields
     assert saved["world_size"] == 1 and len(saved["rng"]) == 1
     rng = saved["rng"][0]
     assert saved_world_size({"rng": [rng] * 8}) == 8  # a checkpoint from before the key: one RNG state per rank

@@ -40,6 +40,15 @@ def test_bad_command_line_is_one_line_and_writes_nothing(tmp_path, script, flags
     assert os.listdir(tmp_path) == []  # no output folder, no cache, no log
 
 
+def test_module_entry_point_bad_flag_is_one_line(tmp_path):
+    """``python -m models.pretrained`` parses its flags with ``utils.cli.ArgumentParser`` like the scripts."""
+    proc = subprocess.run([sys.executable, "-m", "models.pretrained", "--bogus"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    prog = "python -m models.pretrained"
+    assert one_error_line(proc) == f"error: {prog}: unrecognized arguments: --bogus (see {prog} --help)"
+    assert os.listdir(tmp_path) == []
+
+
 def test_usage_errors_are_user_errors():
     parser = ArgumentParser(prog="tool.py")
     parser.add_argument("--n", type=positive_int, default=1)

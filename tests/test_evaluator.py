@@ -185,7 +185,7 @@ dist.cleanup()
 def test_two_process_gloo_synchronize(tmp_path):
     script = tmp_path / "ddp_eval.py"
     script.write_text(DDP_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")  # the script imports the tests package
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(script), str(tmp_path / "out")]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

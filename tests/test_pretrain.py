@@ -17,7 +17,8 @@ from losses.meter import meter_losses
 from models.backbone import Backbone
 from models.meter_export import meter_state_dict, save_meter_checkpoint, timm_to_clip_name
 from models.meter_heads import MeterPretrainer
-from models.pretrained import clip_visual_name, load_pretrained
+from models.pretrained_keys import clip_visual_name
+from models.pretrained_load import load_pretrained
 from tests.conftest import ROOT, run_script, tiny_opts
 from tests.test_backbone import TINY_CFA, TINY_HIDDEN, TINY_TEXT, TINY_VIT, randomize_, tiny_batch
 from utils.config import load_config

@@ -25,17 +25,15 @@ from torch import nn
 from transformers import RobertaModel
 
 from models.backbone import build_backbone
-from models.pretrained import (
-    PickleStub,
+from models.pretrained import main
+from models.pretrained_keys import (
     PretrainedKeyError,
     check_and_load,
-    load_pretrained,
-    load_with_stand_ins,
-    main,
     meter_to_backbone,
     resize_pos_embed,
     text_config_from_folder,
 )
+from models.pretrained_load import load_pretrained
 from tests.test_backbone import (
     TINY_CFA,
     TINY_HIDDEN,
@@ -48,6 +46,7 @@ from tests.test_backbone import (
     tiny_batch,
 )
 from utils.errors import UserError, exit_on_user_error
+from utils.safe_load import PickleStub, load_with_stand_ins
 
 IMAGE = 256  # model grid 16x16, as in the paper
 
@@ -176,31 +175,36 @@ def _write_modules(folder, name):
     return log, mark
 
 
-def save_lightning(path, state_dict, tmp_path, keep_module=False):
-    """Lightning-style checkpoint whose non-tensor objects come from throwaway modules."""
+def save_lightning(path, state_dict, tmp_path, monkeypatch, keep_module=False):
+    """Lightning-style checkpoint whose non-tensor objects come from throwaway modules.
+
+    The modules' folder is on ``sys.path`` while saving; with ``keep_module`` it stays there (and the modules stay
+    on disk) until the test ends, so that a reader could import them if it tried. ``monkeypatch`` restores
+    ``sys.path`` either way.
+    """
     assert importlib.util.find_spec("pytorch_lightning") is None  # the fake package must not shadow a real one
     name = "throwaway_" + uuid.uuid4().hex[:8]
     folder = tmp_path / name
     folder.mkdir()
     log, mark = _write_modules(folder, name)
-    sys.path.insert(0, str(folder))
-    try:
-        mod, parsing = importlib.import_module(name), importlib.import_module(LIGHTNING[-1])
-        ckpt = {"epoch": 9, "global_step": 100, "pytorch-lightning_version": "1.3.2",
-                "state_dict": OrderedDict(state_dict),
-                "callbacks": {mod.ModelCheckpoint: {"best_model_score": torch.tensor(0.5),
-                                                    "cb": mod.ModelCheckpoint()}},
-                "hyper_parameters": parsing.AttributeDict(config={"max_text_len": 50}), "payload": mod.Payload(),
-                "optimizer_states": [], "lr_schedulers": []}
-        torch.save(ckpt, path)
-    finally:
-        for module in (name, *LIGHTNING):
-            del sys.modules[module]
-        if not keep_module:
-            sys.path.remove(str(folder))
-            os.remove(folder / f"{name}.py")
-            shutil.rmtree(folder / "pytorch_lightning")
-    return name, log, mark, folder
+    with monkeypatch.context() as during_save:
+        (monkeypatch if keep_module else during_save).syspath_prepend(str(folder))
+        try:
+            mod, parsing = importlib.import_module(name), importlib.import_module(LIGHTNING[-1])
+            ckpt = {"epoch": 9, "global_step": 100, "pytorch-lightning_version": "1.3.2",
+                    "state_dict": OrderedDict(state_dict),
+                    "callbacks": {mod.ModelCheckpoint: {"best_model_score": torch.tensor(0.5),
+                                                        "cb": mod.ModelCheckpoint()}},
+                    "hyper_parameters": parsing.AttributeDict(config={"max_text_len": 50}), "payload": mod.Payload(),
+                    "optimizer_states": [], "lr_schedulers": []}
+            torch.save(ckpt, path)
+        finally:
+            for module in (name, *LIGHTNING):
+                del sys.modules[module]
+    if not keep_module:
+        os.remove(folder / f"{name}.py")
+        shutil.rmtree(folder / "pytorch_lightning")
+    return name, log, mark
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,19 +212,15 @@ def save_lightning(path, state_dict, tmp_path, keep_module=False):
 
 
 @pytest.mark.parametrize("keep_module", [False, True])
-def test_stand_ins_run_nothing_from_the_file(tmp_path, keep_module):
+def test_stand_ins_run_nothing_from_the_file(tmp_path, monkeypatch, keep_module):
     sd = {"w": torch.randn(3, 4), "b": torch.arange(5)}
     path = tmp_path / "lightning.ckpt"
-    name, log, mark, folder = save_lightning(path, sd, tmp_path, keep_module)
+    name, log, mark = save_lightning(path, sd, tmp_path, monkeypatch, keep_module)
     imported = log.read_text()
-    try:
-        assert imported.count("imported") == 2 and not mark.exists()
-        with pytest.raises(pickle.UnpicklingError):
-            torch.load(path, map_location="cpu", weights_only=True)
-        obj, info = load_with_stand_ins(path)
-    finally:
-        if keep_module:
-            sys.path.remove(str(folder))
+    assert imported.count("imported") == 2 and not mark.exists()
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, map_location="cpu", weights_only=True)
+    obj, info = load_with_stand_ins(path)
     assert log.read_text() == imported and not mark.exists()  # nothing imported, nothing run
     assert name not in sys.modules and "pytorch_lightning" not in sys.modules
     assert info["path"] == "stand_ins"
@@ -295,10 +295,10 @@ def _check_outputs(bb, sd, ref_visual, roberta):
 
 
 @pytest.mark.parametrize("grid", [14, 18])  # the 224 and the 288 METER checkpoints
-def test_meter_lightning_checkpoint_round_trip(tmp_path, grid):
+def test_meter_lightning_checkpoint_round_trip(tmp_path, monkeypatch, grid):
     sd, visual, roberta = tiny_meter(grid)
     path = tmp_path / f"meter_clip16_{grid * 16}_roberta_pretrain.ckpt"
-    save_lightning(path, sd, tmp_path)
+    save_lightning(path, sd, tmp_path, monkeypatch)
     bb = tiny_backbone(IMAGE, seed=99)
     report = load_pretrained(bb, {"meter": str(path), "openai_clip": None, "roberta": None,
                                   "pos_embed_source": "meter"})
@@ -455,10 +455,10 @@ def test_roberta_folder_weights_and_config_only(tmp_path):
 # CLI
 
 
-def test_cli_reports_and_fails_on_gaps(tmp_path, capsys):
+def test_cli_reports_and_fails_on_gaps(tmp_path, monkeypatch, capsys):
     sd, _, _ = tiny_meter(14)
     path = tmp_path / "meter.ckpt"
-    save_lightning(path, sd, tmp_path)
+    save_lightning(path, sd, tmp_path, monkeypatch)
     cfg = {"data": {"image_size": IMAGE}, "model": {"hidden_size": TINY_HIDDEN, "vit": TINY_VIT, "text": TINY_TEXT,
                                                    "cfa": TINY_CFA}, "pretrained": {"meter": str(path)}}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))

@@ -1,5 +1,6 @@
 """utils/checkpoint.py, schedule.py, config.py, box_ops.py, logger.py, dist.py (single process), visualize.py."""
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -48,13 +49,14 @@ def test_checkpoint_round_trip_weights_only(tmp_path):
     model, opt, scaler = _trained_objects(0)
     cfg = {"train": {"lr": 1e-5, "epochs": 2}, "data": {"train_files": ["a.json"]}}
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
-    payload = checkpoint.checkpoint_payload(model=_Wrapper(model), optimizer=opt, scaler=scaler, global_step=7, epoch=1,
-                                            step_in_epoch=3, best_metric=91.5, config=cfg)
+    loop_state = checkpoint.TrainState(epoch=1, step_in_epoch=3, global_step=7, best_metric=91.5)
+    payload = checkpoint.checkpoint_payload(model=_Wrapper(model), optimizer=opt, scaler=scaler, config=cfg,
+                                            **loop_state.as_dict())
     path = checkpoint.atomic_torch_save(payload, tmp_path / "last.pth")
     expected_draws = _draw_random()  # what the RNGs give right after the save
     raw = torch.load(path, weights_only=True)
-    assert set(raw) == {"model", "optimizer", "scaler", "global_step", "epoch", "step_in_epoch", "best_metric",
-                        "config", "rng", "git"}
+    fields = {f.name for f in dataclasses.fields(checkpoint.TrainState)}
+    assert set(raw) == {"model", "optimizer", "scaler", "config", "rng", "git"} | fields
     assert set(raw["model"]) == {"weight", "bias"}  # unwrapped: no "module." prefix
     assert raw["config"] == cfg and raw["scaler"]["scale"] == 1024.0
 
@@ -225,7 +227,7 @@ print(acc.Scalars("val/AUC")[0].value, acc.Scalars("val/AUC")[0].step, len(acc.I
 
 
 def test_tensorboard_writer_without_tensorflow(tmp_path):
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-c", TB_SCRIPT, str(tmp_path / "tb")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Atomic file writes and the code revision, shared by the preprocess caches and the checkpoints.
+"""Atomic file writes and the code revision, shared by the caches, the checkpoints and the ablation study.
 
 ``atomic_write(path, write)`` calls ``write(f)`` on a temporary file in the folder of ``path``, flushes it to disk
 and renames it over ``path``: a kill never leaves a half-written file and the previous file stays intact until the
