@@ -7,6 +7,11 @@
 Writes ``metrics.json`` (the nine Table 1 keys in percent, the subset tables and diagnostics) and
 ``predictions.jsonl`` (one line per sample) into ``--out``; ``--visualize N`` also renders N pictures
 in the style of the paper's Figure 3.
+
+Before anything is written: the split is audited (``datasets.audit``; its ids also against the config's train and
+val metadata, where those files exist), and the checkpoint must be one of train.py whose stored config equals this
+one outside the evaluation-time settings (``utils/config.py``: ``EVAL_TIME_KEYS``, ``EVAL_TIME_SECTIONS``). Every
+refusal is one ``error:`` line with exit status 2.
 """
 import json
 import os
@@ -15,7 +20,7 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from datasets.audit import audit_run, split_files
+from datasets.audit import audit_run, reference_files, split_files
 from datasets.dgm4 import build_dataset, collate
 from datasets.sampler import eval_sampler
 from datasets.text import tokenizer_for
@@ -25,9 +30,9 @@ from utils import dist
 from utils.checkpoint import load_checkpoint
 from utils.cli import ArgumentParser, non_negative_int
 from utils.config import eval_conflicts
-from utils.errors import exit_on_user_error
+from utils.errors import CheckpointError, exit_on_user_error
 from utils.evaluator import evaluate
-from utils.paths import BadInputError, check_inputs, load_entry_config
+from utils.paths import check_inputs, load_entry_config
 from utils.report import format_report, json_safe, write_predictions
 
 
@@ -51,7 +56,8 @@ def main(args):
     rank, world, _, device = dist.init_distributed(cfg["train"]["device"])
 
     tokenizer = tokenizer_for(cfg)
-    audited = audit_run(cfg, split_files(cfg, [split]))  # every record checked once, before the model is built
+    # every record checked once, before the model is built; ids also against the train and val files that exist
+    audited = audit_run(cfg, split_files(cfg, [split]), references=reference_files(cfg, split))
     dataset = build_dataset(cfg, audited, split, tokenizer)
     loader = DataLoader(dataset, batch_size=cfg["eval"]["batch_size"], sampler=eval_sampler(dataset, world, rank),
                         num_workers=cfg["data"]["num_workers"], collate_fn=collate,
@@ -80,16 +86,18 @@ def main(args):
 
 
 def check_trained_config(path, state, cfg):
-    """Refuse a checkpoint trained with another model or input config (utils.config.eval_conflicts), naming the keys
-    (before any weight is loaded, so a shape mismatch never shows as a raw size-mismatch dump)."""
+    """Refuse (``CheckpointError``) a checkpoint trained with another model or input config
+    (``utils.config.eval_conflicts``: every key outside ``EVAL_TIME_KEYS`` / ``EVAL_TIME_SECTIONS``), naming the keys,
+    before any weight is loaded; a shape mismatch that gets past it is refused by ``utils.checkpoint.apply_checkpoint``,
+    naming the parameters."""
     saved = state.get("config")
-    if saved is None:
-        raise BadInputError(f"checkpoint {path} stores no training config: not a checkpoint of train.py")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path} stores no training config: not a checkpoint of train.py")
     conflicts = eval_conflicts(saved, cfg)
     if conflicts:
         listed = "; ".join(f"{k}: trained {a!r}, now {b!r}" for k, a, b in ((k, *v) for k, v in conflicts.items()))
-        raise BadInputError(f"checkpoint {path} was trained with another config ({listed}); evaluate it with its "
-                            f"training config (train.output_dir/config.yaml), changing only evaluation-time settings")
+        raise CheckpointError(f"checkpoint {path} was trained with another config ({listed}); evaluate it with its "
+                              f"training config (train.output_dir/config.yaml), changing only evaluation-time settings")
 
 
 if __name__ == "__main__":

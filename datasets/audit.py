@@ -1,16 +1,21 @@
 """The up-front data audit: every record of every split a run reads is checked once, before the model is built.
 
-``audit_run(cfg, splits)`` is what the entry points call (train.py: train + val, test.py: its split, pretrain.py:
-its corpus). Every rank reads the metadata and the two caches (``load_run_data``; a file that is missing, not UTF-8
-or not JSON is a ``UserError`` naming it, and the line); rank 0 then audits (``audit_records``) while the other
+``audit_run(cfg, splits, references)`` is what the entry points call (train.py: train + val, test.py: its split,
+pretrain.py: its corpus). test.py also passes ``references`` (``reference_files``): the config's train and val
+metadata files that exist, read as records only (no record, cache or image check) so that an id of the evaluated split
+that is also in train or val is a ``duplicate_id``; a missing train or val file is no error there. Every rank reads
+the metadata and the two caches (``load_run_data``, paths from ``utils.paths.data_paths``; a file that is missing, not
+UTF-8 or not JSON is a ``UserError`` naming it, and the line); rank 0 then audits (``audit_records``) while the other
 ranks wait, and sends them the verdict over a gloo group with a long timeout (a first full audit of DGM4 may take
 minutes; NCCL's watchdog would kill waiting ranks after 10). Per record, the first failing check gives its reason:
 
 - the record is well formed (``datasets.records.validate_record``: fields, fake_cls, box, word positions) and its
   image path stays inside ``data.root`` (reason ``outside_data_root``);
-- its id is unique within and across the run's splits (``duplicate_id``, naming both records: file and index);
+- its id is unique within and across the run's splits and the reference records (``duplicate_id``, naming both
+  records: file and index);
 - the face cache holds a well-formed entry for its image and the stop-word cache an entry for its id whose mask
-  matches the normalised caption (``no_cache_entry``, ``bad_cache_entry``, ``stopword_mismatch``);
+  matches the normalised caption: its word count and, where the entry stores one, its ``caption_hash``
+  (``no_cache_entry``, ``bad_cache_entry``, ``stopword_mismatch``);
 - its image decodes fully (``missing_image``, ``bad_image``; ``datasets.image_check``, in threads, cached by path,
   size and mtime in ``<train.output_dir>/audit_cache.json``), its box lies inside the decoded image
   (``box_outside_image``, within ``data.box_tolerance``) and the face cache was made on an image of that size
@@ -24,7 +29,7 @@ printed (rank 0) in any case. The returned ``RunData`` holds the usable records 
 import collections
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch.distributed as tdist
@@ -32,8 +37,9 @@ import torch.distributed as tdist
 from datasets.caches import load_cache
 from datasets.image_check import check_images
 from datasets.records import RecordError, check_box_in_image, check_record, read_metadata, record_error
-from datasets.text import STOPWORD_SOURCE, load_stopwords, normalize_caption
+from datasets.text import STOPWORD_SOURCE, caption_digest, load_stopwords, normalize_caption
 from utils.errors import BadInputError, MissingDataError, UserError
+from utils.paths import data_paths
 
 SHOWN = 5  # bad records listed in a failure message
 AUDIT_CACHE = "audit_cache.json"
@@ -45,7 +51,8 @@ class BadRecordsError(BadInputError):
 
 @dataclass
 class RunData:
-    """The records of a run per split (loaded with ``_file``/``_pos``) and the two caches they are read with."""
+    """The records of a run per split (loaded with ``_file``/``_pos``) and the two caches they are read with;
+    ``references``: ``{split: records}`` read for the cross-split id check only (test.py's train and val)."""
     root: str
     splits: dict
     faces: dict
@@ -53,28 +60,44 @@ class RunData:
     stopwords: dict
     face_cache: str
     stopword_cache: str
+    references: dict = field(default_factory=dict)
 
 
 def split_files(cfg, names):
-    """``{split: data.<split>_files}`` for the split names ``names``."""
-    return {name: list(cfg["data"][f"{name}_files"]) for name in names}
+    """``{split: data.<split>_files}`` for the split names ``names`` (``utils.paths.data_paths``)."""
+    metadata = data_paths(cfg)["metadata"]
+    return {name: list(metadata[name]) for name in names}
 
 
-def load_run_data(cfg, splits):
-    """Read the metadata of ``splits`` ({name: files relative to data.root}) and both caches; not validated."""
-    d = cfg["data"]
-    face_path, stop_path = os.path.join(d["root"], d["face_cache"]), os.path.join(d["root"], d["stopword_cache"])
+def reference_files(cfg, split, names=("train", "val")):
+    """test.py's reference metadata for the cross-split id check of ``split``: ``{name: files}`` of the splits
+    ``names`` other than ``split``, keeping the files that exist and are not among ``split``'s own files (a file
+    compared with itself would flag every record); splits without such a file are left out."""
+    paths = data_paths(cfg)
+    own = set(paths["metadata"][split])
+    found = {name: [f for f in paths["metadata"][name] if f not in own and
+                    os.path.isfile(os.path.join(paths["root"], f))] for name in names if name != split}
+    return {name: files for name, files in found.items() if files}
+
+
+def load_run_data(cfg, splits, references=None):
+    """Read the metadata of ``splits`` and ``references`` ({name: files relative to data.root}) and both caches;
+    not validated. Of the reference records only those with an ``id`` are kept."""
+    paths = data_paths(cfg)
+    face_path, stop_path = paths["face_cache"], paths["stopword_cache"]
     for path, script in ((face_path, "detect_faces.py"), (stop_path, "stopword_masks.py")):
         if not os.path.exists(path):
             raise MissingDataError(f"cache file {path} not found: make it with `python preprocess/{script}`")
     header, stopwords, _ = load_cache(stop_path, "stopwords")
-    made_with, wanted = header.get("stopword_source", STOPWORD_SOURCE), load_stopwords(d["stopwords"])[1]
+    made_with, wanted = header.get("stopword_source", STOPWORD_SOURCE), load_stopwords(cfg["data"]["stopwords"])[1]
     if made_with != wanted:
         raise BadInputError(f"stop-word cache {stop_path} was made with the list '{made_with}', the config's "
                             f"data.stopwords gives '{wanted}': rebuild it with preprocess/stopword_masks.py")
     _, faces, face_errors = load_cache(face_path, "faces")
-    records = {name: read_metadata(d["root"], files) for name, files in splits.items()}
-    return RunData(d["root"], records, faces, face_errors, stopwords, face_path, stop_path)
+    records = {name: read_metadata(paths["root"], files) for name, files in splits.items()}
+    refs = {name: [r for r in read_metadata(paths["root"], files) if "id" in r]
+            for name, files in (references or {}).items()}
+    return RunData(paths["root"], records, faces, face_errors, stopwords, face_path, stop_path, refs)
 
 
 def _checked(check, rec):
@@ -115,6 +138,13 @@ def cache_error(data, rec):
             or len(size) != 2):
         return record_error(rec, f"malformed face-cache entry for {rec['image']!r} in {data.face_cache}: "
                             f"{face!r}", "bad_cache_entry")
+    return stopword_error(data, rec)
+
+
+def stopword_error(data, rec):
+    """The stop-word-cache check of ``rec``: an entry for its id whose mask has one value per word of the
+    normalised caption and, when the entry stores a ``caption_hash`` (caches made before it do not), whose hash is
+    the caption's (a mask of another caption with the same word count is caught). None when fine."""
     entry = data.stopwords.get(str(rec["id"]))
     if not isinstance(entry, dict):
         return record_error(rec, f"no entry in stop-word cache {data.stopword_cache} (run "
@@ -126,6 +156,11 @@ def cache_error(data, rec):
                             f"{len(mask) if isinstance(mask, list) else mask!r} entries but the normalised "
                             f"caption has {n_words} words (cache {data.stopword_cache} made from other metadata? "
                             f"rebuild it with preprocess/stopword_masks.py)", "stopword_mismatch")
+    if "caption_hash" in entry and entry["caption_hash"] != caption_digest(rec["text"]):
+        return record_error(rec, f"the stop-word entry was made from another caption (caption hash "
+                            f"{entry['caption_hash']!r}, this caption's {caption_digest(rec['text'])!r}; cache "
+                            f"{data.stopword_cache} made from other metadata? rerun preprocess/stopword_masks.py, "
+                            f"which makes such entries again)", "stopword_mismatch")
     return None
 
 
@@ -147,8 +182,10 @@ def audit_records(data, box_tolerance=0.05, cache_path=None, full_decode=True):
     RecordError}`` in run order (the first failing check of each bad record) and counts for the summary line."""
     start = time.perf_counter()
     items = [((name, i), rec) for name, recs in data.splits.items() for i, rec in enumerate(recs)]
+    refs = [(("reference", name, i), rec) for name, recs in data.references.items() for i, rec in enumerate(recs)]
     errors = {key: err for key, rec in items if (err := _checked(check_record, rec)) is not None}
-    errors.update(duplicate_errors([(k, r) for k, r in items if k not in errors]))
+    dups = duplicate_errors(refs + [(k, r) for k, r in items if k not in errors])  # references first: never blamed
+    errors.update({key: err for key, err in dups.items() if key[0] != "reference"})
     errors.update({key: err for key, rec in items if key not in errors and (err := cache_error(data, rec))})
     paths = {k: os.path.join(data.root, r["image"]) for k, r in items if k not in errors}
     results, decoded, cached = check_images(paths.values(), cache_path, full_decode)
@@ -222,12 +259,13 @@ def _share(message, group):
     return box[0]
 
 
-def audit_run(cfg, splits):
+def audit_run(cfg, splits, references=None):
     """Audit the records of ``splits`` ({name: metadata files}, e.g. ``split_files(cfg, ["train", "val"])``) once:
-    rank 0 checks, every rank gets the same usable records. Returns ``RunData`` without the bad records; raises
-    ``BadRecordsError`` (every rank) when the audit refuses the data. The image cache is
+    rank 0 checks, every rank gets the same usable records. ``references`` ({name: files}, test.py:
+    ``reference_files``) are read for the cross-split id check only. Returns ``RunData`` without the bad records;
+    raises ``BadRecordsError`` (every rank) when the audit refuses the data. The image cache is
     ``<train.output_dir>/audit_cache.json``."""
-    data = load_run_data(cfg, splits)
+    data = load_run_data(cfg, splits, references)
     group = _audit_group()
     rank0 = group is None or tdist.get_rank() == 0
     try:

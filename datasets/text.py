@@ -5,7 +5,8 @@ Implements the text side of the DGM4 protocol (docs/protocol.md 2.3-2.5) used by
 the token set of L_Asc, eqs. 18-20).
 
 - ``normalize_caption(text, max_words)``: HAMMER's ``pre_caption`` exactly (one function for the dataset and every
-  preprocess script).
+  preprocess script); ``caption_digest(text)``: a short hash of the uncapped normalised caption (the stop-word
+  cache stores it, the audit compares it).
 - ``encode(tokenizer, caption, max_len)``: ``<s> tokens </s> <pad>...`` with the tokenizer's own pad id; returns
   lists of length ``max_len`` (input_ids, attention_mask), plus offsets and word ids.
 - Token labels, two rules, both lists of length ``max_len`` with -100 at ``<s>``, ``</s>`` and padding:
@@ -210,6 +211,12 @@ def count_label_disagreements(tokenizer, records, max_len, max_words=50):
             if len(examples) < 10:
                 examples.append(rec["id"])
     return n_bad, len(records), examples
+
+
+def caption_digest(text):
+    """First 12 hex digits of the sha256 of ``normalize_caption(text, None)``: which caption a stop-word cache entry
+    was made from (two captions with the same word count have different digests)."""
+    return hashlib.sha256(normalize_caption(text, None).encode("utf-8")).hexdigest()[:12]
 
 
 STOPWORD_SOURCE = "sklearn ENGLISH_STOP_WORDS"   # the source id of data.stopwords = "sklearn" (the default)

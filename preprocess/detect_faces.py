@@ -27,7 +27,10 @@ metadata names and writes the cache with ``datasets/caches.py``::
 them): scores are 1.0, 0.99, 0.98, ... in list order (the metadata has no scores), so "best first" is simply
 the metadata order. Resumable: a rerun skips images already in ``entries`` (images in ``errors`` are retried);
 the cache is saved atomically after every chunk, so a kill loses at most the chunk in flight. Unreadable
-images are recorded in ``errors`` and summarised at the end; they are not fatal. A record whose image path is
+images are recorded in ``errors`` and summarised at the end; they are not fatal, unless not one image of the
+metadata could be read (most likely ``data.root`` / ``--data-root`` is not where DGM4 was extracted): then the
+command ends with one ``error:`` line naming the count and the first failure (exit status 2; the cache keeps the
+errors). A record whose image path is
 absolute or climbs out of the data root with ``..`` is a bad record (reason ``outside_data_root``,
 ``datasets.records.validate_record``): never read, skipped and counted (or fatal with ``--on-bad-record fail``).
 
@@ -211,6 +214,16 @@ def summarise_errors(errors):
         print(f"  ... and {len(errors) - 5} more")
 
 
+def require_some_image(images, entries, errors, out):
+    """``BadInputError`` when the metadata names images but none of them is in the cache (every read failed), naming
+    the count and the first failure; partial failures pass (they are summarised, not fatal)."""
+    if not images or any(key in entries for key in images):
+        return
+    first = next(iter(images))
+    raise BadInputError(f"none of the {len(images)} image(s) of the metadata could be read; the first: "
+                        f"{errors.get(first, first)} (every failure is listed under 'errors' in {out})")
+
+
 def main(argv=None):
     """Build or continue the cache; returns a summary dict (counts and seconds per image)."""
     args = parse_args(argv)
@@ -236,6 +249,7 @@ def main(argv=None):
         seconds = run_chunks(pending, args, header, entries, errors)
     elif verb == "wrote":
         save_cache(args.out, header, entries, errors)
+    require_some_image(images, entries, errors, args.out)
     per_image = seconds / len(pending) if pending else 0.0
     done = sum(1 for k in images if k in entries)
     print(f"[faces] {verb} {args.out}: {done}/{len(images)} images in the cache, {len(errors)} errors, in "

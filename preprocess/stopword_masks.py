@@ -7,9 +7,14 @@ punctuation-only or number-only; rules in ``datasets.text.content_word_mask``; t
 ``--stopwords`` / ``data.stopwords``: "sklearn" or a word-list file, ``datasets.text.load_stopwords``). The cache
 header records the list's source id; a cache made with another list is refused (here and by the dataset). The cache
 (format in datasets/caches.py) has ``kind "stopwords"`` and entries keyed by ``str(record id)``:
-``{"mask": [0/1 per normalised word], "n_words": k}``. The dataset maps the word mask to tokens by offsets.
+``{"mask": [0/1 per normalised word], "n_words": k, "caption_hash": h}``, ``h`` the first 12 hex digits of the
+sha256 of the normalised caption (``datasets.text.caption_digest``), which the audit compares with the record's
+caption (entries of caches made before it have no hash; the audit then compares the word count only). The dataset
+maps the word mask to tokens by offsets.
 
-Resumable: existing entries are kept and skipped; the cache is rewritten atomically every ``--chunk`` records.
+Resumable: existing entries are kept and skipped, except one whose ``caption_hash`` differs from its record's
+caption (the caption changed under the same id), which is made again; the cache is rewritten atomically every
+``--chunk`` records.
 Two records with the same id but different captions are an error (the cache key would be ambiguous).
 
 Usage (from the repository root)::
@@ -28,7 +33,14 @@ from tqdm import tqdm
 
 from datasets.caches import load_cache, make_header, save_cache
 from datasets.records import RecordError, load_metadata
-from datasets.text import CONTENT_RULES, STOPWORD_SOURCE, content_word_mask, load_stopwords, normalize_caption
+from datasets.text import (
+    CONTENT_RULES,
+    STOPWORD_SOURCE,
+    caption_digest,
+    content_word_mask,
+    load_stopwords,
+    normalize_caption,
+)
 from utils.cli import ArgumentParser, positive_int
 from utils.config import load_config
 from utils.errors import BadInputError, exit_on_user_error
@@ -36,15 +48,22 @@ from utils.paths import add_config_args, require_metadata, resolve_preprocess_ar
 
 
 def mask_entry(text, stopwords=None):
-    """Cache entry for one raw caption: ``{"mask": [...], "n_words": k}`` over the uncapped normalised words."""
+    """Cache entry for one raw caption: ``{"mask": [...], "n_words": k, "caption_hash": h}`` over the uncapped
+    normalised words (``h``: ``datasets.text.caption_digest``)."""
     words = normalize_caption(text, None).split(" ")
     mask = content_word_mask(words) if stopwords is None else content_word_mask(words, stopwords)
-    return {"mask": mask, "n_words": len(words)}
+    return {"mask": mask, "n_words": len(words), "caption_hash": caption_digest(text)}
+
+
+def is_stale(entry, text):
+    """True when ``entry`` stores a caption hash that is not the hash of ``text`` (an old entry without one: False)."""
+    return isinstance(entry, dict) and "caption_hash" in entry and entry["caption_hash"] != caption_digest(text)
 
 
 def build_masks(records, out, chunk=10000, progress=True, stopwords="sklearn"):
     """Add the entries of ``records`` missing from the cache at ``out`` (``stopwords``: "sklearn" or a word-list
-    file); returns ``(n_new, n_total)``. A cache made with another stop-word list raises BadInputError."""
+    file), and make again those whose caption hash is not their caption's; returns ``(n_new, n_total)``. A cache
+    made with another stop-word list raises BadInputError."""
     words, source = load_stopwords(stopwords)
     header, entries, errors = load_cache(out, "stopwords")
     old = header.get("stopword_source", STOPWORD_SOURCE)
@@ -63,7 +82,7 @@ def build_masks(records, out, chunk=10000, progress=True, stopwords="sklearn"):
                               f"by id; ids must be unique)", "duplicate_id", rec.get("_pos"))
         captions.setdefault(key, rec["text"])
         first.setdefault(key, rec)
-    todo = [key for key in captions if key not in entries]
+    todo = [key for key in captions if key not in entries or is_stale(entries[key], captions[key])]
     for n, key in enumerate(tqdm(todo, desc="stop-word masks", disable=not progress), 1):
         entries[key] = mask_entry(captions[key], words)
         if n % chunk == 0:

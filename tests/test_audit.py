@@ -1,7 +1,9 @@
-"""The up-front data audit (datasets/audit.py, datasets/image_check.py): duplicate ids within and across splits,
-image paths outside the data root (also in preprocess/detect_faces.py), metadata that is not UTF-8, the image cache
-that makes a rerun skip decoding, the one summary line, and train.py stopping on a truncated JPEG in val before it
-builds a model. The per-record cases shared with the old dataset checks are in tests/test_bad_input.py."""
+"""The up-front data audit (datasets/audit.py, datasets/image_check.py): duplicate ids within and across splits
+(test.py: also against the train and val metadata), image paths outside the data root (also in
+preprocess/detect_faces.py), metadata that is not UTF-8, stop-word entries of another caption, the image cache that
+makes a rerun skip decoding, the one summary line, rank 0 auditing while the other ranks wait, train.py stopping on a
+truncated JPEG in val before it builds a model, and test.py refusing broken inputs with one line. The per-record
+cases shared with the old dataset checks are in tests/test_bad_input.py."""
 import json
 import os
 import shutil
@@ -9,9 +11,19 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from datasets import image_check
-from datasets.audit import AUDIT_CACHE, BadRecordsError, audit_records, audit_run, load_run_data, split_files
+from datasets import audit, image_check
+from datasets.audit import (
+    AUDIT_CACHE,
+    BadRecordsError,
+    audit_records,
+    audit_run,
+    load_run_data,
+    reference_files,
+    split_files,
+)
+from datasets.caches import load_cache, save_cache
 from datasets.records import load_metadata
 from preprocess import detect_faces
 from preprocess.stopword_masks import build_masks
@@ -232,3 +244,149 @@ def test_train_stops_before_training_on_a_truncated_val_jpeg(tiny_benchmark, tmp
     assert f"record id={victim['id']!r} (index 5) in {root}/metadata/val.json" in errors[0]
     assert "[bad_image]" in errors[0] and "truncated" in errors[0]
     assert "epoch" not in proc.stdout and sorted(os.listdir(out)) == [AUDIT_CACHE]  # no model, no checkpoint
+
+
+def test_stopword_entries_without_a_caption_hash_are_checked_by_count(tmp_path, tok):  # noqa: F811
+    recs = make_records()
+    kw = write_bench(tmp_path, recs)
+    header, entries, _ = load_cache(kw["stopword_cache"])
+    entries["15"] = dict(entries["14"])  # record 15's entry is record 14's: another caption, also 7 words
+    save_cache(kw["stopword_cache"], header, entries)
+    with pytest.raises(BadRecordsError, match=r"\[stopword_mismatch\] record id=15 .*made from another caption"):
+        make_dataset(kw, tok)
+    old = {key: {k: v for k, v in entry.items() if k != "caption_hash"} for key, entry in entries.items()}
+    save_cache(kw["stopword_cache"], header, old)  # a cache made before the hash: the word count still matches
+    assert len(make_dataset(kw, tok)) == 9
+    save_cache(kw["stopword_cache"], header, entries)
+    assert build_masks([dict(r, _file="meta.json") for r in recs], kw["stopword_cache"], progress=False) == (1, 9)
+    assert len(make_dataset(kw, tok)) == 9  # the stale entry was made again; the others were kept
+
+
+def _reference_bench(tmp_path):
+    """meta.json as the test split, train.json whose record 1 has test record 3's id (13), no val file."""
+    recs = make_records()
+    kw = write_bench(tmp_path, recs)
+    train = [dict(r, id=100 + k, image="img/absent.jpg", fake_image_box=[0, 0, 9999, 9999]) for k, r in
+             enumerate(recs)]  # never validated, decoded or looked up in a cache: ids only
+    train[1]["id"] = 13
+    _write_json(tmp_path / "train.json", train + ["not a record", {"no": "id"}])
+    return kw, bench_cfg(kw, train_files=["train.json"], val_files=["val.json"])
+
+
+def test_test_split_ids_are_checked_against_train_and_val(tmp_path, capsys):
+    kw, cfg = _reference_bench(tmp_path)
+    assert reference_files(cfg, "test") == {"train": ["train.json"]}  # val.json does not exist: no error
+    assert reference_files(bench_cfg(kw), "test") == {}  # every split reads meta.json: no self-comparison
+    with pytest.raises(BadRecordsError, match=r"found 1 bad record\(s\) \(duplicate_id 1\): \[duplicate_id\] "
+                                              r"record id=13 \(index 3\) in \S*meta\.json: duplicate id: the record "
+                                              r"at index 1 of \S*train\.json has the same id"):
+        audit_run(cfg, split_files(cfg, ["test"]), references=reference_files(cfg, "test"))
+    skip = bench_cfg(kw, train_files=["train.json"], val_files=["val.json"], on_bad_record="skip")
+    capsys.readouterr()
+    audited = audit_run(skip, split_files(skip, ["test"]), references=reference_files(skip, "test"))
+    out = capsys.readouterr().out
+    assert "9 records (test 9)" in out and "1 left out (data.on_bad_record: skip): duplicate_id 1" in out
+    assert [r["id"] for r in audited.splits["test"]] == [10, 11, 12, 14, 15, 16, 17, 18]
+    assert len(audited.references["train"]) == 9  # the two entries without an id are not compared
+
+
+class FakeDist:
+    """Just enough of ``torch.distributed`` for ``audit_run`` as one rank of a pretend two-process run: rank 0 keeps
+    what it broadcasts in ``sent``, any other rank receives ``sent``."""
+
+    def __init__(self, rank, sent=None):
+        self.rank, self.sent, self.destroyed = rank, sent, []
+
+    def is_available(self):
+        return True
+
+    def is_initialized(self):
+        return True
+
+    def new_group(self, backend, timeout):
+        assert backend == "gloo" and timeout.total_seconds() >= 3600
+        return "audit-group"
+
+    def get_rank(self):
+        return self.rank
+
+    def broadcast_object_list(self, box, src, group):
+        assert src == 0 and group == "audit-group"
+        if self.rank == 0:
+            self.sent = box[0]
+        else:
+            box[0] = self.sent
+
+    def destroy_process_group(self, group):
+        self.destroyed.append(group)
+
+
+def test_rank_1_waits_for_rank_0_and_decodes_nothing(tmp_path, monkeypatch, capsys):
+    recs = make_records()
+    kw = write_bench(tmp_path, recs)
+    os.remove(tmp_path / recs[3]["image"])
+    cfg = bench_cfg(kw, on_bad_record="skip")
+    rank0 = FakeDist(0)
+    monkeypatch.setattr(audit, "tdist", rank0)
+    ours = audit_run(cfg, {"test": kw["files"]})
+    assert "1 left out (data.on_bad_record: skip): missing_image 1" in capsys.readouterr().out
+    assert rank0.sent["drop"] == [("test", 3)] and rank0.destroyed == ["audit-group"]
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a rank other than 0 decoded images")
+
+    monkeypatch.setattr(audit, "check_images", no_decoding)
+    rank1 = FakeDist(1, rank0.sent)
+    monkeypatch.setattr(audit, "tdist", rank1)
+    theirs = audit_run(cfg, {"test": kw["files"]})
+    assert capsys.readouterr().out == ""  # only rank 0 prints the summary
+    assert [r["id"] for r in theirs.splits["test"]] == [r["id"] for r in ours.splits["test"]]
+    assert 13 not in [r["id"] for r in theirs.splits["test"]] and rank1.destroyed == ["audit-group"]
+    refused = {"error": "the data audit found 1 bad record(s) (missing_image 1): ...", "type": "BadRecordsError"}
+    monkeypatch.setattr(audit, "tdist", FakeDist(1, refused))
+    with pytest.raises(BadRecordsError, match=r"^the data audit found 1 bad record\(s\)"):
+        audit_run(cfg, {"test": kw["files"]})  # rank 0's refusal, on this rank too
+    monkeypatch.setattr(audit, "tdist", FakeDist(1, {"error": "rank 0 crashed", "crash": True}))
+    with pytest.raises(RuntimeError, match="rank 0 crashed"):
+        audit_run(cfg, {"test": kw["files"]})
+
+
+def _plain_state_dict(root, ckpt):
+    return f"{ckpt} is not a checkpoint of train.py: no 'model' entry"
+
+
+def _latin1_test_metadata(root, ckpt):
+    path = root / "metadata" / "test.json"
+    path.write_bytes(path.read_text().replace('"text": "', '"text": "Montr\u00e9al ', 1).encode("latin-1"))
+    return f"metadata file {path} is not UTF-8 text: byte 0xe9 at line "
+
+
+def _test_id_also_in_train(root, ckpt):
+    with open(root / "metadata" / "train.json") as f:
+        train_id = json.load(f)[0]["id"]
+    with open(root / "metadata" / "test.json") as f:
+        test = json.load(f)
+    test[2]["id"] = train_id
+    _write_json(root / "metadata" / "test.json", test)
+    return (f"[duplicate_id] record id={train_id!r} (index 2) in {root}/metadata/test.json: duplicate id: the record "
+            f"at index 0 of {root}/metadata/train.json has the same id")
+
+
+@pytest.mark.parametrize("damage", [_plain_state_dict, _latin1_test_metadata, _test_id_also_in_train])
+def test_test_py_refuses_broken_inputs_with_one_line(tiny_benchmark, tmp_path, damage):
+    """test.py on a checkpoint that is a plain state dict, test metadata that is not UTF-8, a test id that is also a
+    train id: exit status 2, one ``error:`` line naming the file or record, no metrics file."""
+    root = tmp_path / "bench"
+    shutil.copytree(tiny_benchmark["root"], root, ignore=shutil.ignore_patterns("tokenizer"))
+    ckpt = tmp_path / "weights.pth"
+    torch.save({"encoder.weight": torch.zeros(2, 2)}, ckpt)
+    expected = damage(root, ckpt)
+    bench = dict(tiny_benchmark, root=str(root))
+    proc = subprocess.run([sys.executable, "test.py", "--config", "configs/debug.yaml", "--checkpoint", str(ckpt),
+                           "--out", str(tmp_path / "eval"), "--opts", *tiny_opts(bench, str(tmp_path / "run"))],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert expected in lines[0], (expected, lines[0])
+    assert not (tmp_path / "eval" / "metrics.json").exists() and "evaluated" not in proc.stdout

@@ -92,6 +92,15 @@ def short_stopword_mask(kw, recs, k):
     save_cache(kw["stopword_cache"], header, entries)
 
 
+def stopword_entry_of_another_caption(kw, recs, k):
+    """Record k's entry replaced by that of record k - 1: another caption with the same word count (7)."""
+    header, entries, _ = load_cache(kw["stopword_cache"])
+    other = entries[str(recs[k - 1]["id"])]
+    assert other["n_words"] == entries[str(recs[k]["id"])]["n_words"] and recs[k - 1]["text"] != recs[k]["text"]
+    entries[str(recs[k]["id"])] = other
+    save_cache(kw["stopword_cache"], header, entries)
+
+
 def malformed_face_entry(kw, recs, k):
     header, entries, _ = load_cache(kw["face_cache"])
     entries[recs[k]["image"]]["scores"] = [0.9]  # 2 boxes, 1 score
@@ -101,6 +110,7 @@ def malformed_face_entry(kw, recs, k):
 CACHE_CASES = {"no_face_entry": (drop_face_entry, "no_cache_entry"),
                "no_stopword_entry": (drop_stopword_entry, "no_cache_entry"),
                "stopword_length_mismatch": (short_stopword_mask, "stopword_mismatch"),
+               "stopword_entry_of_another_caption": (stopword_entry_of_another_caption, "stopword_mismatch"),
                "malformed_face_entry": (malformed_face_entry, "bad_cache_entry")}
 
 

@@ -16,7 +16,7 @@ from datasets.audit import BadRecordsError, audit_run, split_files
 from datasets.caches import load_cache, make_header, save_cache
 from datasets.dgm4 import DGM4Dataset, build_dataset, collate
 from datasets.records import FAKE_CLS
-from datasets.text import word_token_mask
+from datasets.text import caption_digest, word_token_mask
 from datasets.transforms import (
     CLIP_MEAN,
     CLIP_STD,
@@ -281,7 +281,8 @@ def test_stopword_cli_script_and_resume(tmp_path):
     header, entries, _ = load_cache(str(out), "stopwords")
     assert header["stopword_source"] == "sklearn ENGLISH_STOP_WORDS" and "rules" in header
     assert set(entries) == {"10", "11", "12"}
-    assert entries["10"] == {"mask": [0, 1, 1, 1, 1, 0, 1], "n_words": 7}  # the bulmer rizzi family won the award
+    assert entries["10"] == {"mask": [0, 1, 1, 1, 1, 0, 1], "n_words": 7,  # the bulmer rizzi family won the award
+                             "caption_hash": caption_digest(recs[0]["text"])}
     entries["10"]["mask"] = [9] * 7  # a finished entry must not be recomputed
     save_cache(str(out), header, entries)
     with open(tmp_path / "meta.json", "w") as f:

@@ -1,4 +1,5 @@
-"""Face-box cache (preprocess/detect_faces.py): from-metadata cache, resume, kill, bad images, real MTCNN."""
+"""Face-box cache (preprocess/detect_faces.py): from-metadata cache, resume, kill, bad images (some: recorded; all:
+one error line), real MTCNN."""
 import json
 import os
 
@@ -8,6 +9,7 @@ from PIL import Image
 from datasets.caches import load_cache, make_header, save_cache
 from preprocess import detect_faces as df
 from preprocess import make_synthetic as ms
+from utils.errors import BadInputError, exit_on_user_error
 
 
 @pytest.fixture()
@@ -87,6 +89,30 @@ def test_unreadable_images_are_recorded_not_fatal(data):
     _, entries, errors = load_cache(str(out))
     assert summary["processed"] == 2 and set(errors) == {recs[2]["image"]}
     assert entries[recs[5]["image"]]["size"] == [300, 280]
+
+
+def test_no_readable_image_at_all_is_one_error_line(data, capsys):
+    """Every image missing (a wrong --data-root, archives not extracted): exit status 2 and one line naming the count
+    and the first missing path, not exit status 0 with an empty cache."""
+    root, recs = data
+    for rec in recs:
+        os.remove(root / rec["image"])
+    out = root / "faces.json"
+    with pytest.raises(SystemExit) as stop:
+        exit_on_user_error(_run, root, out, "--from-metadata")
+    assert stop.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: none of the 8 image(s) of the metadata could be read; the "
+                                                     f"first: record id={recs[0]['id']!r} (index 0) in "), errors
+    assert f"image {root / recs[0]['image']} does not exist" in errors[0] and f"'errors' in {out}" in errors[0]
+    _, entries, cached_errors = load_cache(str(out))
+    assert entries == {} and len(cached_errors) == 8  # the failures are kept for the rerun
+    Image.new("RGB", (30, 20)).save(root / recs[4]["image"])  # one readable image: partial failure, not fatal
+    assert _run(root, out, "--from-metadata")["errors"] == 7
+    (root / "metadata" / "one.json").write_text(json.dumps([recs[0]]))  # metadata of one missing image
+    with pytest.raises(BadInputError, match=r"none of the 1 image\(s\)"):
+        df.main(["--data-root", str(root), "--metadata", "metadata/one.json", "--out", str(root / "one.json"),
+                 "--from-metadata"])
 
 
 def test_settings_mismatch_refuses_to_mix_caches(data):

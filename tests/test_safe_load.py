@@ -2,7 +2,8 @@
 TorchScript archive, pickled code, foreign objects) is a one-line error naming the path and the reason, through
 ``load_weights_only``, ``load_with_stand_ins``, ``utils.checkpoint.load_checkpoint`` (train.py / test.py),
 ``inference.loading.read_checkpoint`` (infer.py) and ``models.pretrained`` (a METER checkpoint); a pickle that would
-run a command never runs it.
+run a command never runs it. A readable file that is not a checkpoint of train.py, and one whose parameters do not fit
+the model, are one-line ``CheckpointError``s of ``utils.checkpoint`` too.
 """
 import os
 import subprocess
@@ -16,7 +17,13 @@ from inference.loading import read_checkpoint
 from models.pretrained_load import load_pretrained
 from tests.conftest import ROOT
 from tests.test_backbone import TINY_CFA, TINY_HIDDEN, TINY_TEXT, TINY_VIT
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import (
+    NotACheckpointError,
+    ShapeMismatchError,
+    atomic_torch_save,
+    checkpoint_payload,
+    load_checkpoint,
+)
 from utils.errors import CheckpointError, MissingDataError
 from utils.safe_load import is_code_global, load_weights_only, load_with_stand_ins
 
@@ -162,3 +169,44 @@ def test_cli_refuses_pickled_code_with_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stdout == "" and not marker.exists()
     assert proc.stderr.splitlines() == [f"error: {path} contains pickled code: {os.system.__module__}.system "
                                         f"(refused; nothing from it was run)"]
+
+
+NOT_CHECKPOINTS = {
+    "plain_state_dict": ({"encoder.weight": torch.zeros(2, 2)}, "no 'model' entry (its keys: ['encoder.weight'])"),
+    "bare_tensor": (torch.zeros(3), "it holds a Tensor, not a dict with a 'model' entry"),
+    "model_not_a_dict": ({"model": torch.zeros(3)}, "its 'model' entry is a Tensor, not a state dict"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_CHECKPOINTS))
+def test_readable_file_that_is_not_a_train_checkpoint(tmp_path, case):
+    content, reason = NOT_CHECKPOINTS[case]
+    path = tmp_path / "weights.pth"
+    torch.save(content, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(path), model=torch.nn.Linear(2, 2), restore_rng=False)
+    assert str(err.value) == f"{path} is not a checkpoint of train.py: {reason}"
+    assert isinstance(err.value, NotACheckpointError) and isinstance(err.value, KeyError)  # what callers caught
+
+
+def _layers(width, n=4):
+    return torch.nn.ModuleList(torch.nn.Linear(3, width) for _ in range(n))
+
+
+def test_shape_mismatch_names_the_parameters_not_a_size_dump(tmp_path):
+    path = atomic_torch_save(checkpoint_payload(model=_layers(2)), tmp_path / "c.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(path), model=_layers(5), restore_rng=False)
+    message = str(err.value)
+    assert message.startswith(f"{path} was trained with another config: 8 parameter(s) do not fit the model built "
+                              "from this config (0.weight: checkpoint (2, 3), model (5, 3); 0.bias: checkpoint (2,), "
+                              "model (5,); 1.weight: ")
+    assert "; ... and 3 more); use the config it was trained with" in message
+    assert "size mismatch" not in message and "\n" not in message
+    assert isinstance(err.value, ShapeMismatchError) and isinstance(err.value, RuntimeError)
+    with pytest.raises(ShapeMismatchError, match=r"1 parameter\(s\) do not fit .*\(4.weight: not in the checkpoint"):
+        load_checkpoint(str(path), model=torch.nn.ModuleList([*_layers(2), torch.nn.Linear(3, 2, bias=False)]),
+                        restore_rng=False)
+    small = torch.nn.ModuleList([*_layers(2, 3), torch.nn.Linear(3, 7)])  # strict=False: only the shapes count
+    with pytest.raises(ShapeMismatchError, match=r"2 parameter\(s\) .*\(3.weight: checkpoint \(2, 3\), model \(7, 3\)"):
+        load_checkpoint(str(path), model=small, strict=False, restore_rng=False)

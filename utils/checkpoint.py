@@ -16,7 +16,10 @@ A weights checkpoint (``best.pth``: ``atomic_torch_save(weights_payload(model, *
 evaluation and inference read: ``model``, ``git`` and the metadata given (train.py: config, identity with the
 tokenizer fingerprint, epoch, global_step, best_metric). No optimizer, scaler or RNG state: at paper size that is
 1.30 GB instead of 3.91 GB (AdamW keeps two fp32 moments per parameter; bench/memory.py). ``load_checkpoint(path,
-model=...)`` reads both kinds.
+model=...)`` reads both kinds; a readable file without the entries asked for (a plain state dict, a bare tensor) is
+a ``NotACheckpointError`` ("not a checkpoint of train.py: no 'model' entry"), and a model state that does not fit
+the model a ``ShapeMismatchError`` ("trained with another config", naming the first parameters and their count),
+both ``CheckpointError``s that are also the ``KeyError`` / ``RuntimeError`` raised before.
 
 ``resume(out, model, optimizer, scaler, cfg, identity)`` is the one place a run continues: it reads
 ``<out>/last.pth``, decides whether the saved run may continue under the current config (``RESUMABLE_CHANGES``, the
@@ -45,6 +48,19 @@ from utils.safe_load import load_weights_only
 
 log = logging.getLogger(__name__)
 _PLAIN = (torch.Tensor, int, float, str, bool, type(None))
+SHOWN_KEYS = 5  # mismatching parameters named in a refusal
+
+
+class NotACheckpointError(CheckpointError, KeyError):
+    """A readable torch file that lacks an entry a load needs (a plain state dict, a bare tensor); also the
+    ``KeyError`` the loader raised before."""
+
+    __str__ = Exception.__str__  # the message as given, not KeyError's quoted repr
+
+
+class ShapeMismatchError(CheckpointError, RuntimeError):
+    """A checkpoint whose parameters do not fit the model built from the current config; also the
+    ``RuntimeError`` of ``load_state_dict`` it replaces."""
 
 
 def _unwrap(model):
@@ -194,18 +210,59 @@ def load_checkpoint(path, model=None, optimizer=None, scaler=None, strict=True, 
 
 
 def _require(state, path, **objects):
+    """``state`` must be a dict with an entry for every object given (``model``: a state dict); else
+    ``NotACheckpointError`` naming ``path`` and what it holds instead."""
+    if not isinstance(state, dict):
+        raise NotACheckpointError(f"{path} is not a checkpoint of train.py: it holds a {type(state).__name__}, not "
+                                  "a dict with a 'model' entry")
+    keys = sorted(map(str, state))
+    held = f"{keys[:8]}{' ...' if len(keys) > 8 else ''}"
     for name, obj in objects.items():
         if obj is not None and name not in state:
-            raise KeyError(f"{path}: checkpoint has no '{name}' entry (keys: {sorted(state)})")
+            kind = "checkpoint" if name == "model" else "resume checkpoint"
+            raise NotACheckpointError(f"{path} is not a {kind} of train.py: no '{name}' entry (its keys: {held})")
+    if objects.get("model") is not None and not isinstance(state["model"], dict):
+        raise NotACheckpointError(f"{path} is not a checkpoint of train.py: its 'model' entry is a "
+                                  f"{type(state['model']).__name__}, not a state dict")
+
+
+def state_mismatches(model, saved, strict=True):
+    """What keeps ``saved`` (a state dict) from loading into ``model``: one line per parameter whose shape differs
+    and, with ``strict``, per key missing on either side."""
+    own = _unwrap(model).state_dict()
+    shapes = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}" for k, v in saved.items()
+              if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape]
+    if not strict:
+        return shapes
+    return (shapes + [f"{k}: not in the checkpoint" for k in own if k not in saved]
+            + [f"{k}: not in the model" for k in saved if k not in own])
+
+
+def load_model_state(model, saved, path, strict=True):
+    """``load_state_dict`` into the unwrapped ``model``; a state dict that does not fit it is a
+    ``ShapeMismatchError`` saying "trained with another config" and naming the first parameters and their count,
+    not torch's size-mismatch dump."""
+    try:
+        result = _unwrap(model).load_state_dict(saved, strict=strict)
+    except RuntimeError:
+        bad = state_mismatches(model, saved, strict)
+        if not bad:
+            raise
+        more = f"; ... and {len(bad) - SHOWN_KEYS} more" if len(bad) > SHOWN_KEYS else ""
+        raise ShapeMismatchError(f"{path} was trained with another config: {len(bad)} parameter(s) do not fit the "
+                                 f"model built from this config ({'; '.join(bad[:SHOWN_KEYS])}{more}); use the "
+                                 "config it was trained with (train.output_dir/config.yaml)") from None
+    if result.missing_keys or result.unexpected_keys:
+        log.warning("%s: missing keys %s, unexpected keys %s", path, result.missing_keys, result.unexpected_keys)
 
 
 def apply_checkpoint(state, path, model=None, optimizer=None, scaler=None, strict=True, restore_rng=True):
-    """Load a checkpoint dict read from ``path`` into the given objects (and this rank's RNG with ``restore_rng``)."""
+    """Load a checkpoint dict read from ``path`` into the given objects (and this rank's RNG with ``restore_rng``).
+    A file that is not such a dict is a ``NotACheckpointError``; a model state that does not fit ``model`` a
+    ``ShapeMismatchError`` naming the parameters (both ``CheckpointError``s: one ``error:`` line)."""
     _require(state, path, model=model, optimizer=optimizer, scaler=scaler)
     if model is not None:
-        result = _unwrap(model).load_state_dict(state["model"], strict=strict)
-        if result.missing_keys or result.unexpected_keys:
-            log.warning("%s: missing keys %s, unexpected keys %s", path, result.missing_keys, result.unexpected_keys)
+        load_model_state(model, state["model"], path, strict)
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scaler is not None:

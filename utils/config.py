@@ -406,12 +406,13 @@ def flatten(values, prefix="", sep="."):
 
 
 # test.py: what may differ between the config a checkpoint was trained with and the config it is evaluated under.
-# Everything else (model.*, data.image_size / max_len / max_words / num_boxes / stopwords, ...) changes the model or
-# what it is fed, and is refused. The two VCTG keys are read-outs of the same scores (the README's gate on/off table).
+# Everything else (model.*, data.image_size / max_len / max_words / num_boxes / stopwords, data.jpeg_draft, which
+# changes the decoded pixels, ...) changes the model or what it is fed, and is refused. The two VCTG keys are
+# read-outs of the same scores (the README's gate on/off table).
 EVAL_TIME_SECTIONS = ("train.", "loss.", "eval.", "pretrained.", "pretrain.")
 EVAL_TIME_KEYS = ("data.root", "data.train_files", "data.val_files", "data.test_files", "data.face_cache",
                   "data.stopword_cache", "data.tokenizer", "data.num_workers", "data.on_bad_record",
-                  "data.check_images", "data.box_tolerance", "data.jpeg_draft",
+                  "data.check_images", "data.box_tolerance",
                   "model.vctg.gate_tokens_by_text", "model.vctg.token_threshold")
 
 
