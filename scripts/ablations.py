@@ -9,9 +9,12 @@ For every row (the full model, ``configs/ablations/<row>.yaml``) and seed, train
 test.py evaluates ``best.pth`` on the test split (the DGM4 protocol of Table 1). Each run lives in
 ``<out>/<row>/seed<s>/`` and keeps its ``eval_test/metrics.json`` and ``run.json`` (wall times); a run with both is
 done and skipped, a killed run continues from its ``last.pth`` (train.py's exact resume), so a killed study
-continues with the runs it has not finished. After every run the results page (``--results``, default
-docs/results_synthetic.md) is rewritten: Tables 2 and 3 laid out like the paper's, mean and spread over seeds,
-the paper's numbers beside, and one line per row saying whether the paper's direction holds.
+continues with the runs it has not finished. Every finished run is also kept as a small record in the repository
+(``--records``, default docs/results_synthetic_runs/: Table 1 metrics, options, wall times), so a study continues,
+and its page is rewritten, on a machine without the run folders: a run with a record of the same config and
+options is done. After every run the results page (``--results``, default docs/results_synthetic.md) is
+rewritten: Tables 2 and 3 laid out like the paper's, mean and spread over seeds, the paper's numbers beside,
+and one line per row saying whether the paper's direction holds.
 """
 import json
 import os
@@ -21,10 +24,11 @@ import time
 
 import yaml
 
-from utils.ablation_report import ROWS, write_results
+from utils.ablation_report import ROWS, recorded, write_record, write_results
 from utils.cli import ArgumentParser, non_negative_int
 from utils.config import flatten
 from utils.errors import UserError, exit_on_user_error
+from utils.io import atomic_write
 from utils.paths import load_entry_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,14 +50,24 @@ def row_opts(row):
     return [f"{key}={value!r}" for key, value in flatten(overrides).items()]
 
 
+def keep_record(args, row, seed, run_dir):
+    """Copy a finished run folder's metrics and run.json into ``--records``."""
+    with open(os.path.join(run_dir, "eval_test", "metrics.json")) as f, open(os.path.join(run_dir, "run.json")) as g:
+        write_record(args.records, row, seed, json.load(f), json.load(g))
+
+
 def run_one(args, row, seed):
-    """Train and test one (row, seed) unless its metrics.json and run.json exist; returns the run folder."""
+    """Train and test one (row, seed) unless it is finished (its metrics.json and run.json exist, or its record
+    in ``--records``); keeps its record; returns the run folder."""
     run_dir = os.path.join(args.out, row, f"seed{seed}")
     metrics = os.path.join(run_dir, "eval_test", "metrics.json")
     record = os.path.join(run_dir, "run.json")
-    if os.path.exists(metrics) and os.path.exists(record):
-        return run_dir
     opts = row_opts(row) + [f"train.output_dir={run_dir}", f"train.seed={seed}"] + list(args.opts)
+    if os.path.exists(metrics) and os.path.exists(record):
+        keep_record(args, row, seed, run_dir)
+        return run_dir
+    if recorded(args.records, row, seed, args.config, opts):
+        return run_dir
     times = {}
     for step, script, extra in (("train", "train.py", []),
                                 ("test", "test.py", ["--split", "test", "--out", os.path.join(run_dir, "eval_test")])):
@@ -64,9 +78,9 @@ def run_one(args, row, seed):
             raise RunFailed(f"{script} of row {row}, seed {seed} exited with status {proc.returncode} (its message "
                             f"is above); the finished runs are kept: run the same command again to continue")
         times[f"{step}_seconds"] = round(time.time() - t0, 1)
-    with open(record + ".tmp", "w") as f:
-        json.dump({"row": row, "seed": seed, "config": args.config, "opts": opts, **times}, f, indent=1)
-    os.replace(record + ".tmp", record)
+    info = {"row": row, "seed": seed, "config": args.config, "opts": opts, **times}
+    atomic_write(record, lambda f: json.dump(info, f, indent=1), binary=False)
+    keep_record(args, row, seed, run_dir)
     return run_dir
 
 
@@ -77,6 +91,8 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", nargs="*", type=non_negative_int, default=[0, 1])
     parser.add_argument("--out", default="output/ablations", help="one folder per row and seed")
     parser.add_argument("--results", default="docs/results_synthetic.md")
+    parser.add_argument("--records", default="docs/results_synthetic_runs",
+                        help="one JSON record per finished run, kept in the repository")
     parser.add_argument("--report-only", action="store_true", help="only rewrite --results from finished runs")
     parser.add_argument("--opts", nargs="*", default=[], help="overrides for every run (after the row's)")
     return parser.parse_args(argv)
@@ -100,9 +116,9 @@ def main(argv=None):
         for seed in args.seeds:      # every row once before the second seed: a short study still covers the tables
             for row in args.rows:
                 run_one(args, row, seed)
-                write_results(args.out, args.results, setting)
+                write_results(args.out, args.results, setting, args.records)
         print(f"study finished in {time.time() - start:.0f} s", flush=True)
-    path = write_results(args.out, args.results, setting)
+    path = write_results(args.out, args.results, setting, args.records)
     print(f"results: {path}")
 
 

@@ -1,9 +1,13 @@
 """scripts/ablations.py and its results page (utils/ablation_report.py): rows, seeds, resume, directions."""
 import json
 import os
+import shutil
+
+import pytest
 
 from tests.conftest import run_script, tiny_opts
-from utils.ablation_report import PAPER, ROWS, direction, load_runs, render
+from utils.ablation_report import PAPER, ROWS, direction, load_records, load_runs, recorded, render, write_record
+from utils.errors import UserError
 
 
 def fake_run(out, row, seed, **metrics):
@@ -50,8 +54,9 @@ def test_directions_and_cells(tmp_path):
 
 def test_study_runs_resumes_and_writes_the_page(tiny_benchmark, tmp_path):
     out, results = tmp_path / "study", tmp_path / "results.md"
+    records = tmp_path / "records"
     args = ["scripts/ablations.py", "--config", "configs/debug.yaml", "--rows", "full", "wo_image_aid",
-            "--seeds", "0", "--out", str(out), "--results", str(results),
+            "--seeds", "0", "--out", str(out), "--results", str(results), "--records", str(records),
             "--opts", *tiny_opts(tiny_benchmark, "ignored")[:2]]
     first = run_script(*args, timeout=900)
     assert "[wo_image_aid seed 0] train.py" in first.stdout
@@ -65,7 +70,42 @@ def test_study_runs_resumes_and_writes_the_page(tiny_benchmark, tmp_path):
     assert "image_aid: false" in cfg and "scc: 0.0" in cfg
     page = results.read_text()
     assert "2 of 12 runs (every row x seed) finished" in page and "| w/o Image-aid | " in page
-    # a killed study: the second run's record is gone -> only that run is redone (train.py resumes from last.pth)
+    with open(out / "full" / "seed0" / "eval_test" / "metrics.json") as f:
+        full_metrics = json.load(f)
+    table1 = ("AUC", "EER", "ACC", "IoU_mean", "IoU50", "IoU75", "Precision", "Recall", "F1")
+    assert load_records(str(records))["full"][0]["metrics"] == {k: full_metrics[k] for k in table1}
+    # a killed study: the second run's record is gone -> only that run is redone (train.py resumes from last.pth);
+    # a machine without the first run's folder: its record in --records says it is done
     os.remove(out / "wo_image_aid" / "seed0" / "run.json")
+    os.remove(records / "wo_image_aid_seed0.json")   # written after run.json: a killed run has neither
+    shutil.rmtree(out / "full")
     second = run_script(*args, timeout=900)
     assert "[full seed 0]" not in second.stdout and "[wo_image_aid seed 0] train.py" in second.stdout
+    assert "2 of 12 runs (every row x seed) finished" in results.read_text()
+
+
+def test_records_complete_the_run_folders(tmp_path):
+    out, records = str(tmp_path / "out"), str(tmp_path / "records")
+    fake_run(out, "full", 0, AUC=80.0)
+    write_record(records, "full", 0, {"AUC": 70.0, "F1": 1.0, "extra": 5}, {"train_seconds": 1.0})
+    write_record(records, "full", 1, {"AUC": 90.0, "F1": 3.0}, {"train_seconds": 2.0})
+    runs = load_runs(out, records)
+    assert runs["full"][0]["metrics"]["AUC"] == 80.0          # the run folder wins over its record
+    assert runs["full"][1] == {"metrics": {"AUC": 90.0, "F1": 3.0}, "run": {"train_seconds": 2.0}}
+    assert load_records(records)["full"][0]["metrics"] == {"AUC": 70.0, "F1": 1.0}   # Table 1 keys only
+    os.rename(os.path.join(records, "full_seed1.json"), os.path.join(records, "wo_asc_seed1.json"))
+    with pytest.raises(ValueError, match="its name should be full_seed1.json"):
+        load_records(records)
+
+
+def test_a_record_of_another_setting_stops_the_study(tmp_path):
+    records = str(tmp_path / "records")
+    opts = ["train.output_dir=/elsewhere/full/seed0", "train.seed=0", "pretrained.meter=None"]
+    write_record(records, "full", 0, {"AUC": 70.0}, {"config": "configs/demo.yaml", "opts": opts})
+    here = ["train.output_dir=/here/full/seed0", "train.seed=0", "pretrained.meter=None"]
+    assert recorded(records, "full", 0, "configs/demo.yaml", here)
+    assert not recorded(records, "full", 1, "configs/demo.yaml", here)
+    with pytest.raises(UserError, match="of another setting"):
+        recorded(records, "full", 0, "configs/demo.yaml", here[:2])
+    with pytest.raises(UserError, match="of another setting"):
+        recorded(records, "full", 0, "configs/debug.yaml", here)

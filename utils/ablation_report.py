@@ -6,10 +6,17 @@ but the numbers are ACC, EER (docs/implementation_notes.md, Part 1): ``PAPER`` s
 A row's direction holds when its change against the full model (same seeds' mean) has the sign of the paper's
 change on the metric the paper's text discusses (``CHECKS``; no change at all does not hold); it is "within seed
 spread" when the change is not larger than the combined sample sd of the two rows.
+
+Every finished run is also kept as one small JSON record in the repository (``write_record``: its Table 1 metrics
+and wall times, ``<records>/<row>_seed<s>.json``), so that the page can be rewritten, and a study continued, on a
+machine that no longer has the run folders; a run folder, when present, wins over its record.
 """
 import json
 import math
 import os
+
+from utils.errors import UserError
+from utils.io import atomic_write
 
 # (row, table): the order of the study and of the page
 ROWS = [("full", "2+3"), ("wo_v_coarse", "2"), ("wo_v_fine", "2"), ("wo_bsc", "2"), ("wo_sce", "2"),
@@ -37,9 +44,55 @@ CHECKS = {"wo_v_coarse": ["IoU_mean"], "wo_v_fine": ["IoU_mean"], "wo_bsc": ["Io
           "wo_image_aid": ["F1"], "baseline": ["AUC", "IoU_mean", "F1"]}
 
 
-def load_runs(out):
-    """{row: {seed: {"metrics": Table 1 keys, "run": run.json}}} of the finished runs under ``out``."""
+def record_path(records, row, seed):
+    return os.path.join(records, f"{row}_seed{seed}.json")
+
+
+def write_record(records, row, seed, metrics, run):
+    """Keep a finished run as ``<records>/<row>_seed<seed>.json``: its Table 1 metrics (``ALL_KEYS``) and
+    ``run`` (run.json: options and wall times); returns the path."""
+    record = {"row": row, "seed": seed, "metrics": {k: metrics[k] for k in ALL_KEYS if k in metrics}, "run": run}
+    path = record_path(records, row, seed)
+    return atomic_write(path, lambda f: f.write(json.dumps(record, indent=1) + "\n"), binary=False)
+
+
+def load_records(records):
+    """{row: {seed: {"metrics", "run"}}} of the records in the folder ``records`` (none when it does not exist)."""
     runs = {}
+    names = sorted(os.listdir(records)) if records and os.path.isdir(records) else []
+    for name in (n for n in names if n.endswith(".json")):
+        with open(os.path.join(records, name), encoding="utf-8") as f:
+            rec = json.load(f)
+        if record_path(records, rec["row"], rec["seed"]) != os.path.join(records, name):
+            raise ValueError(f"{os.path.join(records, name)} holds row {rec['row']!r} seed {rec['seed']}: "
+                             f"its name should be {rec['row']}_seed{rec['seed']}.json")
+        runs.setdefault(rec["row"], {})[int(rec["seed"])] = {"metrics": rec["metrics"], "run": rec["run"]}
+    return runs
+
+
+def same_setting(run, config, opts):
+    """Whether a finished run (its run.json) was made with ``config`` and ``opts`` (the output folder aside)."""
+    def keep(o):
+        return [x for x in o if not x.startswith("train.output_dir=")]
+    return run.get("config") == config and keep(run.get("opts", [])) == keep(opts)
+
+
+def recorded(records, row, seed, config, opts):
+    """True when ``records`` holds this run made with the same config and options; a record of another setting
+    is a ``UserError`` (the page would mix two settings)."""
+    run = load_records(records).get(row, {}).get(seed, {}).get("run")
+    if run is None:
+        return False
+    if not same_setting(run, config, opts):
+        raise UserError(f"{records} holds row {row} seed {seed} of another setting (config {run.get('config')}, "
+                        f"opts {run.get('opts')}); give this study its own --records and --results")
+    return True
+
+
+def load_runs(out, records=None):
+    """{row: {seed: {"metrics": Table 1 keys, "run": run.json}}} of the finished runs under ``out``, completed by
+    the records in ``records`` (``write_record``) of runs whose folder is not there."""
+    runs = load_records(records)
     for row, _ in ROWS:
         folder = os.path.join(out, row)
         for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
@@ -130,11 +183,8 @@ def render(runs, setting):
     return "\n".join(head + body + run_lines(runs))
 
 
-def write_results(out, path, setting):
-    """Render the page from the finished runs under ``out`` and write it to ``path`` atomically; returns path."""
-    text = render(load_runs(out), setting)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-    return path
+def write_results(out, path, setting, records=None):
+    """Render the page from the finished runs under ``out`` (and the ``records``) and write it to ``path``
+    atomically; returns path."""
+    text = render(load_runs(out, records), setting)
+    return atomic_write(path, lambda f: f.write(text), binary=False)
