@@ -47,3 +47,24 @@ def test_exit_on_user_error_is_one_line_and_status_2(capsys):
     with pytest.raises(KeyError):                               # an internal error keeps its traceback
         exit_on_user_error(lambda: {}["x"])
     assert issubclass(DiskFullError, UserError)
+
+
+def test_config_and_log_rows_on_a_full_disk(tmp_path, monkeypatch):
+    from utils import logger
+    from utils.config import save_config
+    save_config({"a": 1.0}, str(tmp_path / "config.yaml"))
+    log = logger.JsonlWriter(str(tmp_path / "log.jsonl"))
+    log.write({"step": 1})
+
+    def no_room(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_room)
+    with pytest.raises(DiskFullError, match=r"config\.yaml; the previous file is intact"):
+        save_config({"a": 2.0}, str(tmp_path / "config.yaml"))
+    monkeypatch.setattr("builtins.open", no_room)
+    with pytest.raises(DiskFullError, match=r"appending to .*log\.jsonl"):
+        log.write({"step": 2})
+    monkeypatch.undo()
+    assert (tmp_path / "config.yaml").read_text() == "a: 1.0\n"
+    assert (tmp_path / "log.jsonl").read_text() == '{"step": 1}\n'

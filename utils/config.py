@@ -29,6 +29,7 @@ from utils.config_rules import (
     optional,
 )
 from utils.errors import ConfigError, MissingDataError
+from utils.io import atomic_write
 
 # Every key the code reads. Sizes here are paper size (section 3.2 of the CIEC paper);
 # configs/demo.yaml shrinks them.
@@ -389,9 +390,8 @@ def _deep_update(base, override):
 
 
 def save_config(cfg, path):
-    """Write the resolved config as YAML (floats stay floats)."""
-    with open(path, "w") as f:
-        yaml.dump(cfg, f, Dumper=_Dumper, sort_keys=False)
+    """Write the resolved config as YAML (floats stay floats), atomically (a full disk: ``DiskFullError``)."""
+    atomic_write(path, lambda f: yaml.dump(cfg, f, Dumper=_Dumper, sort_keys=False), binary=False)
 
 
 def flatten(values, prefix="", sep="."):

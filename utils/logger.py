@@ -9,6 +9,7 @@
 - ``RunLog(out, enabled, resumed_step)``: both, for one run folder (``<out>/log.jsonl``, ``<out>/tb``), trimmed to the
   run's state at start; ``write(row)`` appends a row and its numeric values (except the step counters) as scalars.
 """
+import errno
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import types
 import numpy as np
 import torch
 
+from utils.errors import DiskFullError
 from utils.io import atomic_write
 
 STEP_KEYS = ("epoch", "global_step", "seconds")  # row keys that are not curves
@@ -45,8 +47,14 @@ class JsonlWriter:
         if not self.enabled:
             return
         clean = {str(k): _to_number(v) for k, v in record.items()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(clean, allow_nan=False) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(clean, allow_nan=False) + "\n")
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise DiskFullError(f"no space left on the device while appending to {self.path}; the saved "
+                                    "checkpoints are not affected") from None
+            raise
 
     def drop_after(self, global_step):
         """Rewrite the file without the rows whose ``global_step`` is beyond ``global_step``, and without a last line
