@@ -128,3 +128,15 @@ def test_token_metrics_empty_denominators_give_zero():
     out = metrics.token_metrics([[0, 0]], [[1, 0]])
     assert out["Precision"] == 0.0 and out["Recall"] == 0.0 and out["F1"] == 0.0
     assert out["ACC_tok"] == pytest.approx(0.5)
+
+
+def test_candidate_hits_counts_fakes_with_several_candidates():
+    boxes = np.array([[[0.2, 0.5, 0.2, 0.2], [0.7, 0.5, 0.2, 0.2], [0, 0, 0, 0]]] * 4)
+    mask = np.array([[True, True, False]] * 3 + [[True, False, False]])
+    gt = np.array([[0.7, 0.5, 0.2, 0.2], [0.2, 0.5, 0.2, 0.2], [0.7, 0.5, 0.2, 0.2], [0.2, 0.5, 0.2, 0.2]])
+    scores = np.array([[0.1, 0.9, 5.0], [0.1, 0.9, 5.0], [0.9, 0.1, 5.0], [0.9, 0.1, 0.0]])  # padded never chosen
+    fake = np.array([True, True, True, True])
+    assert metrics.candidate_hits(scores, boxes, mask, gt, fake) == (1, 3, 1.5)   # the 4th has one candidate
+    assert metrics.candidate_hits(scores, boxes, mask, gt, [True, False, False, True]) == (1, 1, 0.5)
+    far = gt + np.array([0.0, 0.3, 0.0, 0.0])                                       # IoU < 0.5 everywhere
+    assert metrics.candidate_hits(scores, boxes, mask, far, fake) == (0, 0, 0.0)

@@ -119,3 +119,21 @@ def binary_metrics(labels, scores):
     """{"AUC", "EER", "ACC"} of p(fake) ``scores`` against 0/1 ``labels``."""
     return {"AUC": binary_auc(labels, scores), "EER": binary_eer(labels, scores),
             "ACC": binary_acc(labels, scores)}
+
+
+def candidate_hits(scores, cand_boxes, cand_mask, gt_box, is_fake, min_iou=0.5):
+    """How often a per-candidate score's argmax is the manipulated face (a diagnostic, not a DGM4 metric).
+
+    Counted pairs: image fakes (``is_fake``) with two or more valid candidates, one of which overlaps the true box
+    with IoU >= ``min_iou``; the true candidate is the best-overlapping one. Shapes: scores (B,n), cand_boxes
+    (B,n,4) and gt_box (B,4) normalised cxcywh, cand_mask (B,n) bool, is_fake (B,) bool.
+    Returns (hits, counted pairs, expected hits of a uniform choice)."""
+    scores, boxes = np.asarray(scores, dtype=np.float64), np.asarray(cand_boxes, dtype=np.float64)
+    valid, fake = np.asarray(cand_mask, dtype=bool), np.asarray(is_fake, dtype=bool)
+    b, n = valid.shape
+    ious = box_iou(boxes.reshape(-1, 4), np.repeat(np.asarray(gt_box, dtype=np.float64), n, axis=0)).reshape(b, n)
+    ious = np.where(valid, ious, -1.0)
+    keep = fake & (valid.sum(1) > 1) & (ious.max(1) >= min_iou)
+    chosen = np.where(valid, scores, -np.inf).argmax(1)
+    hits = int((chosen[keep] == ious.argmax(1)[keep]).sum())
+    return hits, int(keep.sum()), float((1.0 / valid.sum(1)[keep]).sum())
