@@ -37,7 +37,7 @@ import torch.distributed as tdist
 from datasets.caches import load_cache
 from datasets.image_check import check_images
 from datasets.records import RecordError, check_box_in_image, check_record, read_metadata, record_error
-from datasets.text import STOPWORD_SOURCE, caption_digest, load_stopwords, normalize_caption
+from datasets.text import STOPWORD_SOURCE, caption_digest, load_stopwords, normalize_caption, other_caption_hash
 from utils.errors import BadInputError, MissingDataError, UserError
 from utils.paths import data_paths
 
@@ -156,9 +156,10 @@ def stopword_error(data, rec):
                             f"{len(mask) if isinstance(mask, list) else mask!r} entries but the normalised "
                             f"caption has {n_words} words (cache {data.stopword_cache} made from other metadata? "
                             f"rebuild it with preprocess/stopword_masks.py)", "stopword_mismatch")
-    if "caption_hash" in entry and entry["caption_hash"] != caption_digest(rec["text"]):
+    stored = other_caption_hash(entry, rec["text"])
+    if stored is not None:
         return record_error(rec, f"the stop-word entry was made from another caption (caption hash "
-                            f"{entry['caption_hash']!r}, this caption's {caption_digest(rec['text'])!r}; cache "
+                            f"{stored!r}, this caption's {caption_digest(rec['text'])!r}; cache "
                             f"{data.stopword_cache} made from other metadata? rerun preprocess/stopword_masks.py, "
                             f"which makes such entries again)", "stopword_mismatch")
     return None

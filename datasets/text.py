@@ -219,6 +219,13 @@ def caption_digest(text):
     return hashlib.sha256(normalize_caption(text, None).encode("utf-8")).hexdigest()[:12]
 
 
+def other_caption_hash(entry, text):
+    """The ``caption_hash`` of a stop-word cache entry when it is not ``text``'s (the entry was made from another
+    caption), else None (also for entries of caches made before the hash, which have none)."""
+    stored = entry.get("caption_hash") if isinstance(entry, dict) else None
+    return stored if stored is not None and stored != caption_digest(text) else None
+
+
 STOPWORD_SOURCE = "sklearn ENGLISH_STOP_WORDS"   # the source id of data.stopwords = "sklearn" (the default)
 CONTENT_RULES = ("content word iff: not in the stop-word list (header's stopword_source); "
                  "contains at least one alphanumeric "

@@ -40,6 +40,7 @@ from datasets.text import (
     content_word_mask,
     load_stopwords,
     normalize_caption,
+    other_caption_hash,
 )
 from utils.cli import ArgumentParser, positive_int
 from utils.config import load_config
@@ -53,11 +54,6 @@ def mask_entry(text, stopwords=None):
     words = normalize_caption(text, None).split(" ")
     mask = content_word_mask(words) if stopwords is None else content_word_mask(words, stopwords)
     return {"mask": mask, "n_words": len(words), "caption_hash": caption_digest(text)}
-
-
-def is_stale(entry, text):
-    """True when ``entry`` stores a caption hash that is not the hash of ``text`` (an old entry without one: False)."""
-    return isinstance(entry, dict) and "caption_hash" in entry and entry["caption_hash"] != caption_digest(text)
 
 
 def build_masks(records, out, chunk=10000, progress=True, stopwords="sklearn"):
@@ -82,7 +78,7 @@ def build_masks(records, out, chunk=10000, progress=True, stopwords="sklearn"):
                               f"by id; ids must be unique)", "duplicate_id", rec.get("_pos"))
         captions.setdefault(key, rec["text"])
         first.setdefault(key, rec)
-    todo = [key for key in captions if key not in entries or is_stale(entries[key], captions[key])]
+    todo = [key for key in captions if key not in entries or other_caption_hash(entries[key], captions[key])]
     for n, key in enumerate(tqdm(todo, desc="stop-word masks", disable=not progress), 1):
         entries[key] = mask_entry(captions[key], words)
         if n % chunk == 0:
