@@ -52,6 +52,19 @@ def test_directions_and_cells(tmp_path):
     assert "9 of 24 runs (every row x seed) finished" in page
 
 
+def test_a_direction_at_the_floor_is_not_measurable(tmp_path):
+    out = str(tmp_path)
+    fake_run(out, "full", 0, F1=1.8, IoU_mean=3.0)
+    fake_run(out, "full", 1, F1=0.0, IoU_mean=3.0)
+    fake_run(out, "wo_asc", 0, F1=0.0, IoU_mean=2.0)   # "down" from 0.9 to 0: noise at the floor
+    fake_run(out, "wo_scc", 0, F1=6.0)                 # above the floor: judged as usual
+    runs = load_runs(out)
+    assert direction(runs, "wo_asc", "F1") == \
+        "F1 0.90 -> 0.00 (-0.90; paper 56.80 -> 30.89): not measurable (both below 5, the paper's full model 56.80)"
+    assert direction(runs, "wo_scc", "F1").endswith("does NOT hold (one seed: spread unknown)")
+    assert direction(runs, "baseline", "IoU_mean") == "IoU_mean: not run yet"
+
+
 def test_study_runs_resumes_and_writes_the_page(tiny_benchmark, tmp_path):
     out, results = tmp_path / "study", tmp_path / "results.md"
     records = tmp_path / "records"

@@ -5,7 +5,10 @@ Cells are "mean ± sample sd over seeds (paper)". The paper prints the middle co
 but the numbers are ACC, EER (docs/implementation_notes.md, Part 1): ``PAPER`` stores them under their true keys.
 A row's direction holds when its change against the full model (same seeds' mean) has the sign of the paper's
 change on the metric the paper's text discusses (``CHECKS``; no change at all does not hold); it is "within seed
-spread" when the change is not larger than the combined sample sd of the two rows.
+spread" when the change is not larger than the combined sample sd of the two rows. A comparison is "not measurable"
+when the full model and the variant both stay below ``FLOOR`` on a metric where the paper's full model is far above
+it (token F1 near 0 while the paper has 56.80): a drop from 0.9 to 0.0 is not the paper's direction, it is noise at
+the floor, and the page says so instead of "holds".
 
 Every finished run is also kept as one small JSON record in the repository (``write_record``: its Table 1 metrics
 and wall times, ``<records>/<row>_seed<s>.json``), so that the page can be rewritten, and a study continued, on a
@@ -38,6 +41,7 @@ _T3 = {"full": (95.67, 89.40, 10.76, 53.24, 60.85, 56.80), "wo_t_coarse": (95.47
 PAPER = {row: dict(zip(["AUC", "ACC", "EER", *TABLE2_KEYS[3:]], v)) for row, v in _T2.items()}
 for _row, _v in _T3.items():
     PAPER.setdefault(_row, {}).update(zip(["AUC", "ACC", "EER", *TABLE3_KEYS[3:]], _v))
+FLOOR = 5.0   # percent: below it on both rows (and the paper's full model above 4x it) a direction is not measurable
 # row -> the metrics the paper's text (section 3.4) or the row itself singles out; the baseline "below everywhere"
 CHECKS = {"wo_v_coarse": ["IoU_mean"], "wo_v_fine": ["IoU_mean"], "wo_bsc": ["IoU75"], "wo_sce": ["IoU_mean"],
           "wo_text_aid": ["IoU_mean"], "wo_t_coarse": ["F1"], "wo_t_fine": ["F1"], "wo_asc": ["F1"], "wo_scc": ["F1"],
@@ -131,6 +135,10 @@ def direction(runs, row, key):
         return f"{key}: not run yet"
     delta = ours[0] - full[0]
     paper = PAPER.get(row, {}).get(key)
+    paper_txt = f"paper {PAPER['full'][key]:.2f} -> {paper:.2f}" if paper is not None else "paper: below the full model"
+    head = f"{key} {full[0]:.2f} -> {ours[0]:.2f} ({delta:+.2f}; {paper_txt})"
+    if max(full[0], ours[0]) < FLOOR < PAPER["full"][key] / 4:
+        return f"{head}: not measurable (both below {FLOOR:.0f}, the paper's full model {PAPER['full'][key]:.2f})"
     paper_delta = paper - PAPER["full"][key] if paper is not None else -1.0  # baseline: "below the full model"
     better_is_lower = key == "EER"
     holds = (delta > 0) == (paper_delta > 0) if not better_is_lower else (delta < 0) == (paper_delta < 0)
@@ -140,8 +148,7 @@ def direction(runs, row, key):
         verdict += " (within seed spread)"
     elif spread is None:
         verdict += " (one seed: spread unknown)"
-    paper_txt = f"paper {PAPER['full'][key]:.2f} -> {paper:.2f}" if paper is not None else "paper: below the full model"
-    return f"{key} {full[0]:.2f} -> {ours[0]:.2f} ({delta:+.2f}; {paper_txt}): {verdict}"
+    return f"{head}: {verdict}"
 
 
 def table(runs, rows, keys, title):
