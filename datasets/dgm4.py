@@ -32,7 +32,7 @@ from datasets.text import (
     token_words,
     word_token_mask,
 )
-from datasets.transforms import boxes_to_cxcywh, build_transform
+from datasets.transforms import AUG_OPS, boxes_to_cxcywh, build_transform
 
 
 class DGM4Dataset(Dataset):
@@ -40,12 +40,12 @@ class DGM4Dataset(Dataset):
     and stop-word caches (``datasets.caches.load_cache``)."""
 
     def __init__(self, records, root, faces, stopwords, tokenizer, image_size=256, max_len=50, max_words=50,
-                 num_boxes=5, train=False, jpeg_draft=True):
+                 num_boxes=5, train=False, jpeg_draft=True, augment_ops=AUG_OPS):
         self.records, self.root, self.faces, self.stopwords = list(records), root, faces, stopwords
         self.tokenizer, self.image_size, self.max_len, self.max_words = tokenizer, image_size, max_len, max_words
         self.num_boxes, self.train = num_boxes, train
         self.draft_size = (2 * image_size, 2 * image_size) if jpeg_draft else None
-        self.transform = build_transform(image_size, train)
+        self.transform = build_transform(image_size, train, augment_ops)
 
     def __len__(self):
         return len(self.records)
@@ -150,7 +150,7 @@ def build_dataset(cfg, data, split, tokenizer, train=None):
     return DGM4Dataset(data.splits[split], data.root, data.faces, data.stopwords, tokenizer,
                        image_size=d["image_size"], max_len=d["max_len"], max_words=d["max_words"],
                        num_boxes=d["num_boxes"], train=split == "train" if train is None else train,
-                       jpeg_draft=d["jpeg_draft"])
+                       jpeg_draft=d["jpeg_draft"], augment_ops=d["augment_ops"])
 
 
 def audited_dataset(cfg, split, tokenizer):

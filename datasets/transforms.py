@@ -21,9 +21,11 @@ import torch
 import torchvision.transforms.v2.functional as tvf
 from PIL import Image, ImageEnhance, ImageOps
 
+from utils.config import AUGMENT_OPS
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-AUG_OPS = ("Identity", "AutoContrast", "Equalize", "Brightness", "Sharpness")
+AUG_OPS = AUGMENT_OPS   # the config's set (data.augment_ops chooses the pool)
 
 
 def enhance_factor(magnitude):
@@ -101,11 +103,12 @@ class ToNormalizedTensor:
 
 
 class TrainTransform:
-    """flip(p) -> resize S x S bicubic -> RandomAugment -> normalised tensor; returns ``(tensor, flipped)``."""
+    """flip(p) -> resize S x S bicubic -> RandomAugment over ``augment_ops`` (none when empty or ``augment`` is
+    False) -> normalised tensor; returns ``(tensor, flipped)``."""
 
-    def __init__(self, image_size, flip_p=0.5, augment=True):
+    def __init__(self, image_size, flip_p=0.5, augment=True, augment_ops=AUG_OPS):
         self.size, self.flip_p = image_size, flip_p
-        self.augment = RandomAugment() if augment else None
+        self.augment = RandomAugment(ops=augment_ops) if augment and augment_ops else None
         self.to_tensor = ToNormalizedTensor()
 
     def __call__(self, img):
@@ -146,5 +149,5 @@ def boxes_to_cxcywh(boxes, size, flipped=False):
     return out.astype(np.float32)
 
 
-def build_transform(image_size, train):
-    return TrainTransform(image_size) if train else EvalTransform(image_size)
+def build_transform(image_size, train, augment_ops=AUG_OPS):
+    return TrainTransform(image_size, augment_ops=augment_ops) if train else EvalTransform(image_size)

@@ -33,6 +33,9 @@ REFUSED = [  # (--opts entry, the start of the message)
     ("eval.split=dev", "eval.split='dev': must be one of train | val | test"),
     ("model.text.dropout=.nan", "model.text.dropout=nan: must be a number in [0, 1]"),
     ("pretrained.meter=''", "pretrained.meter='': must be null or a non-empty string"),
+    ("data.augment_ops=[Identity, Solarize]", "data.augment_ops=['Identity', 'Solarize']: must be a list of distinct "
+     "names from Identity | AutoContrast | Equalize | Brightness | Sharpness"),
+    ("data.augment_ops=[Brightness, Brightness]", "data.augment_ops=['Brightness', 'Brightness']: must be a list"),
 ]
 
 

@@ -18,6 +18,7 @@ from datasets.dgm4 import DGM4Dataset, build_dataset, collate
 from datasets.records import FAKE_CLS
 from datasets.text import caption_digest, word_token_mask
 from datasets.transforms import (
+    AUG_OPS,
     CLIP_MEAN,
     CLIP_STD,
     EvalTransform,
@@ -195,6 +196,29 @@ def test_random_augment_ops():
     torch.manual_seed(0)
     changed = sum(not torch.equal(RandomAugment(ops=("Brightness",))(x), x) for _ in range(400))
     assert 260 < changed < 340  # 1 - 0.5^2 = 75% of calls apply at least one op
+
+
+def test_augment_ops_choose_the_random_augment_pool():
+    """data.augment_ops: the default is the field's five ops; a pool without AutoContrast / Equalize keeps every
+    pixel's hue (Brightness scales the three channels alike); [] leaves flip only."""
+    img = Image.fromarray(np.concatenate([np.full((64, 64, 3), (120, 72, 24), np.uint8),   # x 1.36^2 stays < 256
+                                          np.full((64, 64, 3), (30, 60, 90), np.uint8)], axis=1))
+    std, mean = torch.tensor(CLIP_STD).view(3, 1, 1), torch.tensor(CLIP_MEAN).view(3, 1, 1)
+
+    def chroma(x):   # the colour of one pixel of the first block, up to a common factor
+        rgb = (x * std + mean)[:, 32, 16]
+        return rgb / rgb[0]
+
+    assert TrainTransform(64).augment.ops == AUG_OPS == tuple(DEFAULTS["data"]["augment_ops"])
+    assert TrainTransform(64, augment_ops=[]).augment is None
+    base = EvalTransform(64)(img)[0]
+    torch.manual_seed(0)
+    kept = [TrainTransform(64, flip_p=0.0, augment_ops=["Identity", "Brightness"])(img)[0] for _ in range(20)]
+    assert any(not torch.equal(x, base) for x in kept)
+    assert all(torch.allclose(chroma(x), chroma(base), atol=0.02) for x in kept)
+    torch.manual_seed(0)
+    equalized = [TrainTransform(64, flip_p=0.0, augment_ops=["Equalize"])(img)[0] for _ in range(8)]
+    assert any(not torch.allclose(chroma(x), chroma(base), atol=0.02) for x in equalized)
 
 
 def test_box_helpers():

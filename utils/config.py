@@ -27,9 +27,13 @@ from utils.config_rules import (
     choice,
     integer,
     optional,
+    subset_of,
 )
 from utils.errors import ConfigError, MissingDataError
 from utils.io import atomic_write
+
+# The ops RandomAugment may draw (datasets/transforms.py): ALBEF's RandAugment restricted as in the field's pipeline.
+AUGMENT_OPS = ("Identity", "AutoContrast", "Equalize", "Brightness", "Sharpness")
 
 # Every key the code reads. Sizes here are paper size (section 3.2 of the CIEC paper);
 # configs/demo.yaml shrinks them.
@@ -53,6 +57,10 @@ DEFAULTS = {
         "check_images": True,                 # the up-front audit decodes every image fully (cached by size, mtime);
                                               # false: it reads image headers only (no full decode, no cache)
         "num_workers": 4,
+        # training images only: the pool of RandomAugment (datasets/transforms.py), 2 draws with replacement, each
+        # applied with p = 0.5; the default is the field's pipeline. [] = flip only. AutoContrast and Equalize act
+        # per channel and change hues (docs/implementation_notes.md "Training augmentation").
+        "augment_ops": list(AUGMENT_OPS),
     },
     "model": {
         "hidden_size": 768,                   # D of the CFA and of every head
@@ -151,6 +159,7 @@ RULES = {
     "data.face_cache": TEXT, "data.stopword_cache": TEXT, "data.stopwords": TEXT, "data.tokenizer": TEXT,
     "data.image_size": _SIZE, "data.max_len": integer(3), "data.max_words": _SIZE, "data.num_boxes": _SIZE,
     "data.on_bad_record": choice("fail", "skip"), "data.box_tolerance": NON_NEGATIVE, "data.num_workers": _COUNT,
+    "data.augment_ops": subset_of(*AUGMENT_OPS),
     "model.hidden_size": _SIZE, "model.vit.embed_dim": _SIZE, "model.vit.depth": _SIZE, "model.vit.num_heads": _SIZE,
     "model.vit.patch_size": _SIZE, "model.vit.mlp_ratio": POSITIVE,
     "model.text.vocab_size": _SIZE, "model.text.hidden_size": _SIZE, "model.text.num_layers": _SIZE,
@@ -412,7 +421,7 @@ def flatten(values, prefix="", sep="."):
 EVAL_TIME_SECTIONS = ("train.", "loss.", "eval.", "pretrained.", "pretrain.")
 EVAL_TIME_KEYS = ("data.root", "data.train_files", "data.val_files", "data.test_files", "data.face_cache",
                   "data.stopword_cache", "data.tokenizer", "data.num_workers", "data.on_bad_record",
-                  "data.check_images", "data.box_tolerance",
+                  "data.check_images", "data.box_tolerance", "data.augment_ops",
                   "model.vctg.gate_tokens_by_text", "model.vctg.token_threshold")
 
 

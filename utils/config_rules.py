@@ -43,6 +43,12 @@ def choice(*options):
     return Rule(lambda v: isinstance(v, str) and v in options, "one of " + " | ".join(options))
 
 
+def subset_of(*options):
+    """A list of distinct strings, each one of ``options`` (the empty list included)."""
+    return Rule(lambda v: isinstance(v, list) and all(isinstance(x, str) and x in options for x in v)
+                and len(set(v)) == len(v), "a list of distinct names from " + " | ".join(options))
+
+
 def optional(rule):
     """``None`` (YAML null) or a value that passes ``rule``."""
     return Rule(lambda v: v is None or rule.test(v), f"null or {rule.text}")
