@@ -12,7 +12,8 @@ done and skipped, a killed run continues from its ``last.pth`` (train.py's exact
 continues with the runs it has not finished. Every finished run is also kept as a small record in the repository
 (``--records``, default docs/results_synthetic_runs/: Table 1 metrics, options, wall times), so a study continues,
 and its page is rewritten, on a machine without the run folders: a run with a record of the same config and
-options is done. After every run the results page (``--results``, default docs/results_synthetic.md) is
+options (and the same resolved config: its digest is recorded, so an edited config file stops the study) is
+done. After every run the results page (``--results``, default docs/results_synthetic.md) is
 rewritten: Tables 2 and 3 laid out like the paper's, mean and spread over seeds, the paper's numbers beside,
 and one line per row saying whether the paper's direction holds.
 """
@@ -24,7 +25,7 @@ import time
 
 import yaml
 
-from utils.ablation_report import ROWS, recorded, write_record, write_results
+from utils.ablation_report import ROWS, recorded, setting_digest, write_record, write_results
 from utils.cli import ArgumentParser, non_negative_int
 from utils.config import flatten
 from utils.errors import UserError, exit_on_user_error
@@ -66,7 +67,8 @@ def run_one(args, row, seed):
     if os.path.exists(metrics) and os.path.exists(record):
         keep_record(args, row, seed, run_dir)
         return run_dir
-    if recorded(args.records, row, seed, args.config, opts):
+    digest = setting_digest(load_entry_config(os.path.join(ROOT, args.config), opts))
+    if recorded(args.records, row, seed, args.config, opts, digest):
         return run_dir
     times = {}
     for step, script, extra in (("train", "train.py", []),
@@ -78,7 +80,7 @@ def run_one(args, row, seed):
             raise RunFailed(f"{script} of row {row}, seed {seed} exited with status {proc.returncode} (its message "
                             f"is above); the finished runs are kept: run the same command again to continue")
         times[f"{step}_seconds"] = round(time.time() - t0, 1)
-    info = {"row": row, "seed": seed, "config": args.config, "opts": opts, **times}
+    info = {"row": row, "seed": seed, "config": args.config, "opts": opts, "config_digest": digest, **times}
     atomic_write(record, lambda f: json.dump(info, f, indent=1), binary=False)
     keep_record(args, row, seed, run_dir)
     return run_dir

@@ -5,8 +5,11 @@ For every content word of the evaluation split's captions, the word is masked (a
 the pre-trained MLM head scores the original tokens with the pair's own image: surprise = mean -log p(token). A
 manipulated word (token label 1, text_swap / text_attribute) that the picture contradicts should be surprising. Prints
 the ROC AUC of the surprise for manipulated vs. genuine content words, per word kind (``word_kinds.json``), with the
-true image and with another pair's image (the gap is what the picture contributes). Reads the labels of the split it
-evaluates; nothing is trained.
+true image and with another pair's image (the gap is what the picture contributes). Also prints the top-1 accuracy of
+the masked GENUINE words (every token of the word predicted exactly) per kind and per number of detector boxes in
+the picture (1 or 2+; the benchmark's boxes are its faces, up to misses and false positives): where a caption names
+one of several pictured people, the picture alone does not say which. Reads the labels of the split it evaluates;
+nothing is trained.
 
     python scripts/mlm_mismatch_probe.py --config configs/demo_pretrain.yaml --checkpoint output/demo_pretrain/last.pth
 """
@@ -27,7 +30,8 @@ from utils.config import load_config
 
 @torch.no_grad()
 def word_surprise(model, batch, mask_id, image):
-    """[(sample row, word index, surprise)] for every content word of the batch, masked one at a time."""
+    """[(sample row, word index, surprise, top-1 correct)] for every content word of the batch, masked one at a
+    time."""
     v = model.backbone.encode_image(image)
     rows, words = [], []
     for r in range(batch["input_ids"].shape[0]):
@@ -46,7 +50,8 @@ def word_surprise(model, batch, mask_id, image):
     logp = F.log_softmax(model.mlm_score(t_hat).float(), dim=-1)
     nll = -logp.gather(-1, batch["input_ids"][rows_t].unsqueeze(-1)).squeeze(-1)
     surprise = (nll * target).sum(1) / target.sum(1)
-    return list(zip(rows, words, surprise.tolist()))
+    correct = ((logp.argmax(-1) == batch["input_ids"][rows_t]) | ~target).all(1)
+    return list(zip(rows, words, surprise.tolist(), correct.tolist()))
 
 
 def main(argv=None):
@@ -67,10 +72,17 @@ def main(argv=None):
     for start in range(0, len(ds), 64):
         batch = collate([ds[i] for i in range(start, min(len(ds), start + 64))])
         for name, image in (("true", batch["image"]), ("swapped", batch["image"].roll(1, 0))):
-            for r, w, s in word_surprise(model, batch, tok.mask_token_id, image):
+            for r, w, s, ok in word_surprise(model, batch, tok.mask_token_id, image):
                 label = int(batch["token_label_clean"][r][batch["word_index"][r] == w].max())
                 kind = kinds.get(batch["caption"][r].split(" ")[w], len(KINDS) - 1)
-                scores[name].append((kind, label, s))
+                scores[name].append((kind, label, s, ok, int(batch["cand_mask"][r].sum())))
+    print_auc(scores)
+    print_accuracy(scores)
+
+
+def print_auc(scores):
+    """Surprise ROC AUC, manipulated vs. genuine words, per kind."""
+    scores = {name: [(k, lab, s) for k, lab, s, _, _ in rows] for name, rows in scores.items()}
     for k, kind in enumerate(KINDS):
         parts = []
         for name in ("true", "swapped"):
@@ -81,6 +93,19 @@ def main(argv=None):
         n_fake = sum(lab for kk, lab, _ in scores["true"] if kk == k)
         print(f"{kind:10s} {len([1 for kk, _, _ in scores['true'] if kk == k]):5d} words, {n_fake:4d} manipulated: "
               + (", ".join(parts) or "no manipulated words"))
+
+
+def print_accuracy(scores):
+    """Top-1 accuracy (%) of the masked genuine words per kind, by boxes in the picture, true / another image."""
+    for k, kind in enumerate(KINDS):
+        parts = []
+        for label, keep in (("1 box", lambda b: b == 1), ("2+ boxes", lambda b: b >= 2)):
+            acc = {name: [ok for kk, lab, _, ok, b in rows if kk == k and lab == 0 and keep(b)]
+                   for name, rows in scores.items()}
+            if acc["true"]:
+                parts.append(f"{label}: {100 * sum(acc['true']) / len(acc['true']):.1f} / "
+                             f"{100 * sum(acc['swapped']) / len(acc['swapped']):.1f} ({len(acc['true'])} words)")
+        print(f"{kind:10s} top-1 accuracy of genuine words, true / another image: " + "; ".join(parts))
 
 
 if __name__ == "__main__":

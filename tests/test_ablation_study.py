@@ -5,8 +5,19 @@ import shutil
 
 import pytest
 
-from tests.conftest import run_script, tiny_opts
-from utils.ablation_report import PAPER, ROWS, direction, load_records, load_runs, recorded, render, write_record
+from tests.conftest import ROOT, run_script, tiny_opts
+from utils.ablation_report import (
+    PAPER,
+    ROWS,
+    direction,
+    load_records,
+    load_runs,
+    recorded,
+    render,
+    setting_digest,
+    write_record,
+)
+from utils.config import load_config
 from utils.errors import UserError
 
 
@@ -122,3 +133,22 @@ def test_a_record_of_another_setting_stops_the_study(tmp_path):
         recorded(records, "full", 0, "configs/demo.yaml", here[:2])
     with pytest.raises(UserError, match="of another setting"):
         recorded(records, "full", 0, "configs/debug.yaml", here)
+
+
+def test_an_edited_config_file_stops_the_study(tmp_path):
+    """Same path and options, other content: the recorded digest of the resolved config tells them apart."""
+    base = os.path.join(ROOT, "configs", "debug.yaml")
+    edited = tmp_path / "debug.yaml"
+    edited.write_text(open(base).read() + "\nloss:\n  asc_lambda: 0.3\n")
+    here = ["train.output_dir=/here/full/seed0", "train.seed=0"]
+    digest = setting_digest(load_config(base, here))
+    assert digest == setting_digest(load_config(base, ["train.output_dir=/elsewhere", "train.seed=0"]))
+    assert digest != setting_digest(load_config(str(edited), here))
+    assert digest != setting_digest(load_config(base, ["train.output_dir=/here", "train.seed=1"]))
+    records = str(tmp_path / "records")
+    write_record(records, "full", 0, {"AUC": 70.0}, {"config": "c.yaml", "opts": here, "config_digest": digest})
+    write_record(records, "full", 1, {"AUC": 70.0}, {"config": "c.yaml", "opts": here})   # before digests
+    assert recorded(records, "full", 0, "c.yaml", here, digest)
+    assert recorded(records, "full", 1, "c.yaml", here, digest)
+    with pytest.raises(UserError, match="was the config file edited"):
+        recorded(records, "full", 0, "c.yaml", here, setting_digest(load_config(str(edited), here)))

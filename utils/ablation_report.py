@@ -12,12 +12,16 @@ the floor, and the page says so instead of "holds".
 
 Every finished run is also kept as one small JSON record in the repository (``write_record``: its Table 1 metrics
 and wall times, ``<records>/<row>_seed<s>.json``), so that the page can be rewritten, and a study continued, on a
-machine that no longer has the run folders; a run folder, when present, wins over its record.
+machine that no longer has the run folders; a run folder, when present, wins over its record. A record also holds
+the digest of the run's resolved config (``setting_digest``), so that a base config edited between two sessions
+(same path, other content) stops the study instead of mixing two settings on one page.
 """
+import hashlib
 import json
 import math
 import os
 
+from utils.config import DEFAULTS, flatten
 from utils.errors import UserError
 from utils.io import atomic_write
 
@@ -74,22 +78,34 @@ def load_records(records):
     return runs
 
 
-def same_setting(run, config, opts):
-    """Whether a finished run (its run.json) was made with ``config`` and ``opts`` (the output folder aside)."""
+def setting_digest(cfg):
+    """16 hex digits of sha256 over the resolved config's values that differ from ``DEFAULTS`` (the output folder
+    aside): the same for the same setting whatever the path of its file, and unchanged when the code adds a key
+    with a default."""
+    defaults = flatten(DEFAULTS)
+    own = {k: v for k, v in flatten(cfg).items() if k != "train.output_dir" and (k not in defaults or defaults[k] != v)}
+    return hashlib.sha256(json.dumps(own, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def same_setting(run, config, opts, digest=None):
+    """Whether a finished run (its run.json) was made with ``config`` and ``opts`` (the output folder aside) and,
+    where both are known, with the same resolved config (``setting_digest``)."""
     def keep(o):
         return [x for x in o if not x.startswith("train.output_dir=")]
-    return run.get("config") == config and keep(run.get("opts", [])) == keep(opts)
+    same_content = digest is None or run.get("config_digest") in (None, digest)
+    return run.get("config") == config and keep(run.get("opts", [])) == keep(opts) and same_content
 
 
-def recorded(records, row, seed, config, opts):
-    """True when ``records`` holds this run made with the same config and options; a record of another setting
-    is a ``UserError`` (the page would mix two settings)."""
+def recorded(records, row, seed, config, opts, digest=None):
+    """True when ``records`` holds this run made with the same config, options and config digest; a record of
+    another setting is a ``UserError`` (the page would mix two settings)."""
     run = load_records(records).get(row, {}).get(seed, {}).get("run")
     if run is None:
         return False
-    if not same_setting(run, config, opts):
+    if not same_setting(run, config, opts, digest):
         raise UserError(f"{records} holds row {row} seed {seed} of another setting (config {run.get('config')}, "
-                        f"opts {run.get('opts')}); give this study its own --records and --results")
+                        f"opts {run.get('opts')}, config digest {run.get('config_digest')} against {digest} now: "
+                        f"was the config file edited?); give this study its own --records and --results")
     return True
 
 
