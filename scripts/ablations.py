@@ -1,11 +1,12 @@
 """The ablation study of CIEC's Tables 2 and 3 (and the section 3.5 baseline) on a benchmark of your choice.
 
-    python scripts/ablations.py                                    # the demo benchmark, 2 seeds, every row
+    python scripts/ablations.py                                    # the recorded study: demo benchmark, 2 seeds
     python scripts/ablations.py --seeds 0 --rows full wo_v_fine    # a subset
     python scripts/ablations.py --report-only                      # rewrite the results page from finished runs
 
 For every row (the full model, ``configs/ablations/<row>.yaml``) and seed, train.py fine-tunes the base config
-(``--config``, default configs/demo.yaml) with the row's overrides (its YAML minus ``_base_`` and ``train``) and
+(``--config``, default configs/demo_ablations.yaml: the demo's benchmark and sizes, from random weights) with
+the row's overrides (its YAML minus ``_base_`` and ``train``) and
 test.py evaluates ``best.pth`` on the test split (the DGM4 protocol of Table 1). Each run lives in
 ``<out>/<row>/seed<s>/`` and keeps its ``eval_test/metrics.json`` and ``run.json`` (wall times); a run with both is
 done and skipped, a killed run continues from its ``last.pth`` (train.py's exact resume), so a killed study
@@ -88,7 +89,8 @@ def run_one(args, row, seed):
 
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/demo.yaml", help="base config (the benchmark and sizes)")
+    parser.add_argument("--config", default="configs/demo_ablations.yaml",
+                        help="base config (the benchmark and sizes); the default is the recorded study's")
     parser.add_argument("--rows", nargs="*", default=[r for r, _ in ROWS], choices=[r for r, _ in ROWS])
     parser.add_argument("--seeds", nargs="*", type=non_negative_int, default=[0, 1])
     parser.add_argument("--out", default="output/ablations", help="one folder per row and seed")
