@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README command 1: the main job on the embedded default, on the CPU (about 25 minutes on 2 cores the first time).
+# README command 1: the main job on the embedded default, on the CPU (about 17-25 minutes on 2 cores the first time).
 # synthetic DGM4-format benchmark + pristine pre-training corpus -> preprocess (face cache, stop-word masks,
 # tokenizer) -> METER-style pre-training (pretrain.py, reused when its settings and data are unchanged) ->
 # weakly supervised fine-tuning of CIEC from the exported METER checkpoint (train.py) -> test (test.py).
