@@ -78,8 +78,13 @@ def check_single_args(parser, args):
         ext = os.path.splitext(args.out_image)[1].lower()
         if not ext:
             parser.error(f"--out-image {args.out_image} has no file extension (give e.g. a .png file)")
-        if Image.registered_extensions().get(ext) not in Image.SAVE:
+        if picture_format(args.out_image) not in Image.SAVE:
             parser.error(f"--out-image {args.out_image}: PIL cannot write a {ext!r} picture (give e.g. a .png file)")
+
+
+def picture_format(path):
+    """PIL's format name for the extension of ``path`` (None when PIL knows no such extension)."""
+    return Image.registered_extensions().get(os.path.splitext(path)[1].lower())
 
 
 def write_text(path, text):
@@ -97,7 +102,7 @@ def render_pair(prep, result, path, then=None):
     info = probability_lines(result["pair"]["fake_prob"], result["image"]["fake_prob"], result["text"]["fake_prob"])
     words = [w["word"] for w in result["words"]]
     flags = [int(w["fake"]) for w in result["words"]]
-    fmt = Image.registered_extensions()[os.path.splitext(path)[1].lower()]
+    fmt = picture_format(path)
 
     def write(f):
         render_prediction(prep.path, words, pred_box, None, flags, None, f, candidates=candidates, info=info,

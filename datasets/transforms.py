@@ -21,11 +21,10 @@ import torch
 import torchvision.transforms.v2.functional as tvf
 from PIL import Image, ImageEnhance, ImageOps
 
-from utils.config import AUGMENT_OPS
+from utils.config import AUGMENT_OPS as AUG_OPS  # the config's set (data.augment_ops chooses the pool)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-AUG_OPS = AUGMENT_OPS   # the config's set (data.augment_ops chooses the pool)
 
 
 def enhance_factor(magnitude):
