@@ -25,7 +25,15 @@ from torch.utils.data import DataLoader
 
 from datasets.audit import audit_run
 from datasets.dgm4 import build_dataset, collate
-from datasets.pretrain import KINDS, PristinePairs, corpus_fingerprint, itm_pairs, load_word_kinds, mask_tokens
+from datasets.pretrain import (
+    KINDS,
+    PristinePairs,
+    corpus_fingerprint,
+    itm_pairs,
+    load_word_kinds,
+    mask_tokens,
+    word_swap_negatives,
+)
 from datasets.sampler import BlockDistributedSampler, eval_sampler
 from datasets.seeding import SeededDataset
 from datasets.text import ordinary_token_range, tokenizer_for
@@ -100,7 +108,12 @@ def prepare_batch(batch, generator, mask_id, vocab_range, p):
                                       batch["content_mask"], generator, mask_id, vocab_range, p["mlm_prob"],
                                       p["content_mlm_prob"], p["whole_word"], p["content_spans"])
     itm_text, itm_label = itm_pairs(batch["input_ids"], generator, p["itm_neg_prob"])
-    return dict(batch, mlm_ids=mlm_ids, mlm_labels=mlm_labels, itm_text=itm_text, itm_label=itm_label)
+    out = dict(batch, mlm_ids=mlm_ids, mlm_labels=mlm_labels, itm_text=itm_text, itm_label=itm_label)
+    if p["itm_word_neg_prob"] > 0:  # not METER's: one-word negatives (docs/implementation_notes.md "Pre-training")
+        kinds = tuple(range(len(KINDS) - 1)) if p["word_kinds"] else None  # pictured kinds: names, attributes, places
+        out["itm_ids"], out["itm_mask"], out["itm_label"], out["itm_kind"] = word_swap_negatives(
+            batch, itm_text, itm_label, generator, p["itm_word_neg_prob"], kinds)
+    return out
 
 
 def build_pretrainer(cfg, tokenizer, device):
@@ -165,13 +178,15 @@ def report_epoch(log, cfg, state, stats, metrics, seconds):
 @torch.no_grad()
 def evaluate_pretrain(model, loader, device, cfg, tokenizer):
     """Held-out pairs with fixed masks and ITM pairs (``pretrain.val_seed``): MLM accuracy per word kind with the
-    true image and with the image of another pair of the batch (``_swapped``), ITM accuracy, both losses (%)."""
+    true image and with the image of another pair of the batch (``_swapped``), ITM accuracy (also on the one-word
+    negatives alone, None without them), both losses (%)."""
     model.eval()
     p = cfg["pretrain"]
     g = torch.Generator().manual_seed(p["val_seed"])
     vocab_range, n_kinds = ordinary_token_range(tokenizer), len(KINDS)
     counts = torch.zeros(3, n_kinds + 1, dtype=torch.float64)   # correct (true image), correct (swapped), total
-    sums = torch.zeros(4, dtype=torch.float64)                  # itm correct, pairs, mlm loss x n, itm loss x n
+    sums = torch.zeros(6, dtype=torch.float64)  # itm correct, pairs, mlm loss x n, itm loss x n, the same two counts
+    #                                             on one-word negatives (pretrain.itm_word_neg_prob)
     for batch in loader:
         batch = to_device(prepare_batch(batch, g, tokenizer.mask_token_id, vocab_range, p), device)
         with amp_context(device, cfg["train"]["amp"]):
@@ -187,8 +202,10 @@ def evaluate_pretrain(model, loader, device, cfg, tokenizer):
         counts[2, :n_kinds] += torch.bincount(kind, minlength=n_kinds).double()
         counts[2, n_kinds] += kind.numel()
         b = batch["itm_label"].numel()
-        sums += torch.tensor([(out["itm_logits"].argmax(-1) == batch["itm_label"]).sum().item(), b,
-                              losses["mlm"].item() * b, losses["itm"].item() * b], dtype=torch.float64)
+        itm_hit = out["itm_logits"].argmax(-1) == batch["itm_label"]
+        word_neg = batch["itm_kind"] == 2 if "itm_kind" in batch else torch.zeros_like(itm_hit)
+        sums += torch.tensor([itm_hit.sum().item(), b, losses["mlm"].item() * b, losses["itm"].item() * b,
+                              (itm_hit & word_neg).sum().item(), word_neg.sum().item()], dtype=torch.float64)
     if dist.is_dist():
         stacked = torch.cat([counts.flatten(), sums]).to(device)
         torch.distributed.all_reduce(stacked)
@@ -202,7 +219,7 @@ def pretrain_metrics(counts, sums):
         return round(100.0 * float(a) / float(n), 2) if n > 0 else None
     metrics = {"mlm_acc": pct(counts[0, -1], counts[2, -1]), "mlm_acc_swapped": pct(counts[1, -1], counts[2, -1]),
                "itm_acc": pct(sums[0], sums[1]), "mlm_loss": float(sums[2] / max(sums[1], 1)),
-               "itm_loss": float(sums[3] / max(sums[1], 1))}
+               "itm_loss": float(sums[3] / max(sums[1], 1)), "itm_acc/word_negatives": pct(sums[4], sums[5])}
     for k, kind in enumerate(KINDS):
         metrics[f"mlm_acc/{kind}"] = pct(counts[0, k], counts[2, k])
         metrics[f"mlm_acc_swapped/{kind}"] = pct(counts[1, k], counts[2, k])
@@ -213,7 +230,9 @@ def pretrain_metrics(counts, sums):
 def format_pretrain_metrics(m):
     kinds = ", ".join(f"{kind} {m[f'mlm_acc/{kind}']}/{m[f'mlm_acc_swapped/{kind}']}" for kind in KINDS
                       if m[f"masked/{kind}"])
-    return (f"val MLM acc {m['mlm_acc']}% (true/swapped image: {kinds}); ITM acc {m['itm_acc']}%, "
+    word = m.get("itm_acc/word_negatives")
+    return (f"val MLM acc {m['mlm_acc']}% (true/swapped image: {kinds}); ITM acc {m['itm_acc']}%"
+            + (f" (one-word negatives {word}%)" if word is not None else "") + ", "
             f"losses mlm {m['mlm_loss']:.3f} itm {m['itm_loss']:.3f}")
 
 

@@ -17,6 +17,11 @@ go through the same ``DGM4Dataset`` pipeline as fine-tuning (same transforms, to
   (docs/implementation_notes.md "Pre-training").
 - ``itm_pairs(input_ids, generator, neg_prob)``: image i keeps its caption or, with ``neg_prob`` (1/2), gets the
   caption of another image of the batch; label 1 iff the caption paired with it is identical to its own.
+- ``word_swap_negatives(batch, itm_text, itm_label, generator, word_prob, kinds)`` (optional,
+  ``pretrain.itm_word_neg_prob``; not METER's): a share ``word_prob`` of those negatives becomes the image's OWN
+  caption with ONE content unit (a word, or adjacent content words of one kind such as a two-word name) replaced by
+  a unit of the same kind and length from another caption of the batch: the harder negative that differs from the
+  true caption where a manipulated one does (docs/implementation_notes.md "Pre-training").
 
 Masking and pairing draw from a ``torch.Generator`` seeded by (seed, global step, rank) in the training step, so
 they do not depend on loader workers and a resumed run draws the same masks.
@@ -162,3 +167,58 @@ def itm_pairs(input_ids, generator, neg_prob=0.5):
     text = torch.where(negative, other, rows)
     same = (input_ids[text] == input_ids).all(dim=1)
     return text, same.long()
+
+
+def content_units(word_index, content, kind):
+    """Per row, the (start, end, kind) token ranges of the maximal runs of adjacent words that are content words of
+    one kind (a two-word name is one unit). Rows are (L,) lists; kind -1 = not a word."""
+    units, prev = [], None
+    for t, (w, c, k) in enumerate(zip(word_index, content, kind)):
+        if w < 0 or not c:
+            prev = None
+            continue
+        if prev is not None and w in (prev[0], prev[0] + 1) and k == prev[1]:
+            units[-1][1] = t + 1
+        else:
+            units.append([t, t + 1, k])
+        prev = (w, k)
+    return [tuple(u) for u in units]
+
+
+def word_swap_negatives(batch, itm_text, itm_label, generator, word_prob, kinds=None):
+    """Turn a share ``word_prob`` of the other-caption ITM negatives into one-unit negatives.
+
+    batch: input_ids, attention_mask, content_mask, word_index, word_kind (B,L); itm_text, itm_label (B,) from
+    ``itm_pairs``. A negative image i (itm_text[i] != i) is chosen with probability ``word_prob``; its ITM caption
+    becomes its OWN caption with one unit (``content_units``: a run of adjacent content words of one kind, uniform over
+    the row's units) replaced by a unit of another caption of the batch with the same kind and token length and no
+    token in common (uniform over those; "Anna Berg's" does not replace "Anna Berg"). ``kinds`` (kind indices)
+    limits the units to those kinds (None: every content word). A row without a unit or without a donor keeps its
+    other-caption negative. Returns (itm_ids (B,L) long: the caption paired with each image, itm_mask (B,L),
+    itm_label (B,) long, itm_kind (B,) long: 0 own caption, 1 another caption, 2 one unit swapped). CPU; a loop over
+    the B rows (data preparation, not the model).
+    """
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    b = ids.shape[0]
+    content = batch["content_mask"] > 0
+    if kinds is not None:
+        content &= torch.isin(batch["word_kind"], torch.tensor(kinds))
+    units = [content_units(w, c, k) for w, c, k in zip(batch["word_index"].tolist(), content.tolist(),
+                                                    batch["word_kind"].tolist())]
+    draw, rows = (torch.rand(b, generator=generator) < word_prob).tolist(), ids.tolist()
+    itm_ids, itm_mask, label = ids[itm_text].clone(), mask[itm_text].clone(), itm_label.clone()
+    kind = (itm_text != torch.arange(b)).long()
+    for r in range(b):
+        if not (draw[r] and kind[r] == 1 and units[r]):
+            continue
+        s, e, k = units[r][int(torch.randint(len(units[r]), (1,), generator=generator))]
+        own = set(rows[r][s:e])
+        donors = [(r2, s2) for r2 in range(b) if r2 != r for s2, e2, k2 in units[r2]
+                  if k2 == k and e2 - s2 == e - s and own.isdisjoint(rows[r2][s2:e2])]
+        if not donors:
+            continue
+        r2, s2 = donors[int(torch.randint(len(donors), (1,), generator=generator))]
+        itm_ids[r], itm_mask[r] = ids[r], mask[r]
+        itm_ids[r, s:e] = ids[r2, s2:s2 + e - s]
+        label[r], kind[r] = 0, 2
+    return itm_ids, itm_mask, label, kind

@@ -19,8 +19,9 @@ Attribute names are METER's, so ``models/meter_export.py`` writes ``mlm_score.*`
 ``MeterPretrainer(backbone, vocab_size, itc_dim=None)`` runs METER's two objectives (and ITC) in one forward:
 
     batch: image (B,3,S,S); mlm_ids, input_ids, attention_mask (B,L); mlm_labels (B,L) (-100 off masked
-           tokens); itm_text (B,) long: the batch row whose caption is paired with image i for ITM
-    V = ViT(image) once; T = RoBERTa([mlm_ids; input_ids]) in one call of 2B rows
+           tokens); itm_text (B,) long: the batch row whose caption is paired with image i for ITM; or, with
+           one-word negatives (``pretrain.itm_word_neg_prob``), itm_ids / itm_mask (B,L): that caption itself
+    V = ViT(image) once; T = RoBERTa([mlm_ids; input_ids]) in one call of 2B rows ([...; itm_ids]: 3B rows)
     CFA on 2B pairs: (V_i, masked caption_i) for MLM and (V_i, caption_itm_text[i]) for ITM
     -> {"mlm_logits": (M,V) at the M masked positions, "mlm_labels": (M,), "itm_logits": (B,2)}
        + {"itc_logits": (B,B)} with ``itc_dim`` (ITCHead on V[:, 0] and the plain captions' T[:, 0])
@@ -106,16 +107,22 @@ class MeterPretrainer(nn.Module):
         image_feats = self.backbone.encode_image(batch["image"])
         b = image_feats.shape[0]
         mask = batch["attention_mask"]
-        text = self.backbone.encode_text(torch.cat([batch["mlm_ids"], batch["input_ids"]]), torch.cat([mask, mask]))
-        itm_text = batch["itm_text"]
-        fused = self.backbone.cfa(torch.cat([image_feats, image_feats]), torch.cat([text[:b], text[b:][itm_text]]),
-                                  text_mask=torch.cat([mask, mask[itm_text]]))
+        explicit = "itm_ids" in batch  # the ITM captions given as tokens (one-word negatives)
+        ids = [batch["mlm_ids"], batch["input_ids"]] + ([batch["itm_ids"]] if explicit else [])
+        masks = [mask, mask] + ([batch["itm_mask"]] if explicit else [])
+        text = self.backbone.encode_text(torch.cat(ids), torch.cat(masks))
+        if explicit:
+            itm_feats, itm_mask = text[2 * b:], batch["itm_mask"]
+        else:
+            itm_feats, itm_mask = text[b:][batch["itm_text"]], mask[batch["itm_text"]]
+        fused = self.backbone.cfa(torch.cat([image_feats, image_feats]), torch.cat([text[:b], itm_feats]),
+                                  text_mask=torch.cat([mask, itm_mask]))
         masked = batch["mlm_labels"] != -100
         out = {"mlm_logits": self.mlm_score(fused["t_hat"][:b][masked]).float(),
                "mlm_labels": batch["mlm_labels"][masked],
                "itm_logits": self.itm_score(fused["t_cls"][b:], fused["v_cls"][b:]).float()}
         if self.itc_score is not None:
-            out["itc_logits"] = self.itc_score(image_feats[:, 0], text[b:, 0]).float()
+            out["itc_logits"] = self.itc_score(image_feats[:, 0], text[b:2 * b, 0]).float()
         return out
 
     def mlm_logits(self, image, mlm_ids, attention_mask, mlm_labels):

@@ -9,7 +9,8 @@ true image and with another pair's image (the gap is what the picture contribute
 the masked GENUINE words (every token of the word predicted exactly) per kind and per number of detector boxes in
 the picture (1 or 2+; the benchmark's boxes are its faces, up to misses and false positives): where a caption names
 one of several pictured people, the picture alone does not say which. Reads the labels of the split it evaluates;
-nothing is trained.
+nothing is trained. ``--units`` masks a whole unit (adjacent content words of one kind, such as a two-word name)
+at a time instead of one word: the label of a unit is that of its first word.
 
     python scripts/mlm_mismatch_probe.py --config configs/demo_pretrain.yaml --checkpoint output/demo_pretrain/last.pth
 """
@@ -21,28 +22,43 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from datasets.dgm4 import audited_dataset, collate
-from datasets.pretrain import KINDS, load_word_kinds
+from datasets.pretrain import KINDS, content_units, load_word_kinds
 from datasets.text import tokenizer_for
 from models.backbone import build_backbone
 from models.meter_heads import MeterPretrainer
 from utils.config import load_config
 
 
-@torch.no_grad()
-def word_surprise(model, batch, mask_id, image):
-    """[(sample row, word index, surprise, top-1 correct)] for every content word of the batch, masked one at a
-    time."""
-    v = model.backbone.encode_image(image)
-    rows, words = [], []
+def masked_targets(batch, token_kinds=None):
+    """(rows, first word indices, (W,L) bool tokens to mask): every content word of the batch, one at a time, or
+    with ``token_kinds`` ((B,L) word kind per token) every unit of adjacent content words of one kind (a whole
+    name; ``datasets.pretrain.content_units``), so the caption cannot give one half of a name away."""
+    rows, words, targets = [], [], []
+    n = batch["input_ids"].shape[1]
     for r in range(batch["input_ids"].shape[0]):
-        content = (batch["content_mask"][r] > 0) & (batch["word_index"][r] >= 0)
-        for w in batch["word_index"][r][content].unique().tolist():
+        wi = batch["word_index"][r]
+        content = (batch["content_mask"][r] > 0) & (wi >= 0)
+        if token_kinds is None:
+            spans = [(wi == w) for w in wi[content].unique().tolist()]
+        else:
+            units = content_units(wi.tolist(), content.tolist(), token_kinds[r].tolist())
+            spans = [(torch.arange(n) >= s) & (torch.arange(n) < e) for s, e, _ in units]
+        for span in spans:
             rows.append(r)
-            words.append(w)
+            words.append(int(wi[span][0]))
+            targets.append(span)
+    return rows, words, (torch.stack(targets) if targets else None)
+
+
+@torch.no_grad()
+def word_surprise(model, batch, mask_id, image, token_kinds=None):
+    """[(sample row, first word index, surprise, top-1 correct)] for every content word (or unit, see
+    ``masked_targets``) of the batch, masked one at a time."""
+    v = model.backbone.encode_image(image)
+    rows, words, target = masked_targets(batch, token_kinds)
     if not rows:
         return []
-    rows_t, words_t = torch.tensor(rows), torch.tensor(words)
-    target = batch["word_index"][rows_t] == words_t[:, None]                       # (W, L) tokens of the word
+    rows_t = torch.tensor(rows)
     ids = torch.where(target, torch.full_like(target, mask_id, dtype=torch.long), batch["input_ids"][rows_t])
     mask = batch["attention_mask"][rows_t]
     t = model.backbone.encode_text(ids, mask)
@@ -60,24 +76,39 @@ def main(argv=None):
     p.add_argument("--checkpoint", default="output/demo_pretrain/last.pth")
     p.add_argument("--split", default="test")
     p.add_argument("--opts", nargs="*", default=[])
+    p.add_argument("--units", action="store_true",
+                   help="mask whole units (adjacent content words of one kind: a two-word name) instead of words")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.opts)
     tok = tokenizer_for(cfg)
     kinds = load_word_kinds(os.path.join(cfg["data"]["root"], cfg["pretrain"]["word_kinds"]))
-    model = MeterPretrainer(build_backbone(cfg, tok.pad_token_id), cfg["model"]["text"]["vocab_size"])
+    model = MeterPretrainer(build_backbone(cfg, tok.pad_token_id), cfg["model"]["text"]["vocab_size"],
+                            itc_dim=cfg["pretrain"]["itc_dim"])
     model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True)["model"])
     model.eval()
     ds = audited_dataset(cfg, args.split, tok)
     scores = {"true": [], "swapped": []}
     for start in range(0, len(ds), 64):
         batch = collate([ds[i] for i in range(start, min(len(ds), start + 64))])
+        token_kinds = token_kind_table(batch, kinds) if args.units else None
         for name, image in (("true", batch["image"]), ("swapped", batch["image"].roll(1, 0))):
-            for r, w, s, ok in word_surprise(model, batch, tok.mask_token_id, image):
+            for r, w, s, ok in word_surprise(model, batch, tok.mask_token_id, image, token_kinds):
                 label = int(batch["token_label_clean"][r][batch["word_index"][r] == w].max())
                 kind = kinds.get(batch["caption"][r].split(" ")[w], len(KINDS) - 1)
                 scores[name].append((kind, label, s, ok, int(batch["cand_mask"][r].sum())))
     print_auc(scores)
     print_accuracy(scores)
+
+
+def token_kind_table(batch, kinds):
+    """(B,L) word kind of every token (``KINDS`` index; -1 off words)."""
+    table = torch.full_like(batch["word_index"], -1)
+    for r, caption in enumerate(batch["caption"]):
+        words = caption.split(" ")
+        for t, w in enumerate(batch["word_index"][r].tolist()):
+            if w >= 0:
+                table[r, t] = kinds.get(words[w], len(KINDS) - 1)
+    return table
 
 
 def print_auc(scores):

@@ -10,7 +10,7 @@ import torch
 
 from datasets.audit import audit_run
 from datasets.dgm4 import build_dataset
-from datasets.pretrain import PristinePairs, itm_pairs, load_word_kinds, mask_tokens
+from datasets.pretrain import PristinePairs, content_units, itm_pairs, load_word_kinds, mask_tokens, word_swap_negatives
 from datasets.records import RecordError
 from datasets.text import tokenizer_for
 from losses.meter import meter_losses
@@ -115,6 +115,58 @@ def test_itm_pairs_negatives_are_other_captions():
         assert label[i] == int(torch.equal(same[text[i]], same[i]))
 
 
+def test_word_swap_negatives_replace_one_unit_of_the_own_caption_by_one_of_its_kind():
+    ids, mask, word_index, content = _words_batch(b=64, seed=3)
+    kind = torch.where(word_index >= 0, (word_index // 2) % 3, torch.full_like(word_index, -1))  # adjacent content
+    content[5] = 0  # a caption without content words keeps its other-caption negative      # words differ in kind
+    batch = {"input_ids": ids, "attention_mask": mask, "content_mask": content, "word_index": word_index,
+             "word_kind": kind}
+    g = torch.Generator().manual_seed(0)
+    text, label = itm_pairs(ids, g, neg_prob=1.0)
+    itm_ids, itm_mask, label2, itm_kind = word_swap_negatives(batch, text, label, g, word_prob=0.5, kinds=(0, 1))
+    assert itm_kind[5] == 1 and 0.3 < (itm_kind == 2).float().mean() < 0.7 and not (itm_kind == 0).any()
+    for r in range(64):
+        if itm_kind[r] == 1:
+            assert torch.equal(itm_ids[r], ids[text[r]]) and torch.equal(itm_mask[r], mask[text[r]])
+            assert label2[r] == label[r]
+            continue
+        diff = (itm_ids[r] != ids[r]).nonzero().flatten()
+        assert diff.numel() >= 1 and label2[r] == 0 and torch.equal(itm_mask[r], mask[r])
+        assert (content[r, diff] > 0).all() and word_index[r, diff].unique().numel() == 1  # one word here
+        assert kind[r, diff[0]] in (0, 1)
+        span = itm_ids[r, word_index[r] == word_index[r, diff[0]]]
+        assert any(torch.equal(span, ids[o, (word_index[o] == w) & (kind[o] == kind[r, diff[0]])])
+                   for o in range(64) if o != r for w in range(20))  # a whole word of that kind elsewhere
+    plain = itm_pairs(ids, torch.Generator().manual_seed(0), neg_prob=0.5)
+    none = word_swap_negatives(batch, *plain, torch.Generator().manual_seed(1), word_prob=0.0)
+    assert torch.equal(none[0], ids[plain[0]]) and torch.equal(none[2], plain[1]) and not (none[3] == 2).any()
+
+
+def test_content_units_join_adjacent_content_words_of_one_kind():
+    # <s> [Anna Berg] says [Berg] ' s [orange shirt] </s>: word_index, content flags, kinds (0 names, 1 attributes)
+    word_index = [-1, 0, 1, 2, 3, 3, 3, 4, 5, -1]
+    content = [0, 1, 1, 0, 1, 1, 1, 1, 1, 0]
+    kind = [-1, 0, 0, 3, 0, 0, 0, 1, 3, -1]
+    assert content_units(word_index, content, kind) == [(1, 3, 0), (4, 7, 0), (7, 8, 1), (8, 9, 3)]
+
+
+def test_explicit_itm_captions_match_the_row_indexed_path():
+    model = _pretrainer().eval()
+    batch = _meter_batch()
+    explicit = dict(batch, itm_ids=batch["input_ids"][batch["itm_text"]],
+                    itm_mask=batch["attention_mask"][batch["itm_text"]])
+    with torch.no_grad():
+        a, b = model(batch), model(explicit)
+    assert torch.allclose(a["itm_logits"], b["itm_logits"], atol=1e-6)
+    assert torch.allclose(a["mlm_logits"], b["mlm_logits"], atol=1e-6)
+    explicit["itm_ids"] = explicit["itm_ids"].clone()
+    explicit["itm_ids"][0, 1] = 7 if explicit["itm_ids"][0, 1] != 7 else 8
+    with torch.no_grad():
+        c = model(explicit)
+    assert not torch.allclose(a["itm_logits"][0], c["itm_logits"][0], atol=1e-6)
+    assert torch.allclose(a["itm_logits"][1:], c["itm_logits"][1:], atol=1e-6)
+
+
 def _pretrainer(seed=0):
     torch.manual_seed(seed)
     backbone = Backbone(64, dict(TINY_VIT), dict(TINY_TEXT), dict(TINY_CFA), TINY_HIDDEN)
@@ -214,8 +266,10 @@ def test_pretrain_script_exports_reuses_and_refuses(tiny_benchmark, tmp_path):
     other = subprocess.run([sys.executable, *_pretrain(tiny_benchmark, out), "pretrain.mlm_prob=0.3"], cwd=ROOT,
                            capture_output=True, text=True)
     assert other.returncode != 0 and "pretrain.mlm_prob: checkpoint 0.15, now 0.3" in other.stderr
-    restart = run_script(*_pretrain(tiny_benchmark, out), "pretrain.mlm_prob=0.3", "--restart-if-stale")
+    restart = run_script(*_pretrain(tiny_benchmark, out), "pretrain.mlm_prob=0.3", "pretrain.itm_word_neg_prob=0.5",
+                         "--restart-if-stale")
     assert "starting over" in restart.stdout and "exported" in restart.stdout
+    assert "one-word negatives" in restart.stdout
 
 
 def test_stale_run_refused_or_cleared(tmp_path):

@@ -145,6 +145,8 @@ DEFAULTS = {
         "whole_word": True,                   # units are whole words (False: single tokens)
         "content_spans": False,               # a selected content word also selects its adjacent content words
         "itm_neg_prob": 0.5,                  # METER: half of the pairs get another image's caption
+        "itm_word_neg_prob": 0.0,             # 0 = METER; > 0: this share of the negatives is the image's own
+                                              # caption with one content token swapped (harder negatives)
         "itc_dim": None,                      # null = METER (MLM + ITM); an int: add ALBEF's contrastive ITC loss on
                                               # the unimodal [CLS] features, projected to this size (not METER's)
         "val_seed": 1234,                     # fixed masks and pairs of the validation set
@@ -187,7 +189,8 @@ RULES = {
     "eval.batch_size": _SIZE, "eval.split": choice("train", "val", "test"),
     "pretrain.files": PATHS, "pretrain.val_size": _SIZE, "pretrain.word_kinds": optional(TEXT),
     "pretrain.mlm_prob": FRACTION, "pretrain.content_mlm_prob": optional(FRACTION),
-    "pretrain.itm_neg_prob": FRACTION, "pretrain.val_seed": _COUNT, "pretrain.itc_dim": optional(_SIZE),
+    "pretrain.itm_neg_prob": FRACTION, "pretrain.itm_word_neg_prob": FRACTION,
+    "pretrain.val_seed": _COUNT, "pretrain.itc_dim": optional(_SIZE),
 }
 
 
