@@ -10,7 +10,9 @@ the masked GENUINE words (every token of the word predicted exactly) per kind an
 the picture (1 or 2+; the benchmark's boxes are its faces, up to misses and false positives): where a caption names
 one of several pictured people, the picture alone does not say which. Reads the labels of the split it evaluates;
 nothing is trained. ``--units`` masks a whole unit (adjacent content words of one kind, such as a two-word name)
-at a time instead of one word: the label of a unit is that of its first word.
+at a time instead of one word: the label of a unit is that of its first word. Last, the ROC AUC of a zero-shot
+sentence decision, text-manipulated caption or not, scored by its most surprising content word (unit) with the true
+image: what an explicit comparison of each word with the picture gives without any fine-tuning.
 
     python scripts/mlm_mismatch_probe.py --config configs/demo_pretrain.yaml --checkpoint output/demo_pretrain/last.pth
 """
@@ -87,7 +89,7 @@ def main(argv=None):
     model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True)["model"])
     model.eval()
     ds = audited_dataset(cfg, args.split, tok)
-    scores = {"true": [], "swapped": []}
+    scores, sentences = {"true": [], "swapped": []}, {}
     for start in range(0, len(ds), 64):
         batch = collate([ds[i] for i in range(start, min(len(ds), start + 64))])
         token_kinds = token_kind_table(batch, kinds) if args.units else None
@@ -96,8 +98,14 @@ def main(argv=None):
                 label = int(batch["token_label_clean"][r][batch["word_index"][r] == w].max())
                 kind = kinds.get(batch["caption"][r].split(" ")[w], len(KINDS) - 1)
                 scores[name].append((kind, label, s, ok, int(batch["cand_mask"][r].sum())))
+                if name == "true":  # sentence score: the most surprising content word (unit) of the caption
+                    fake = int(batch["token_label_clean"][r].max())
+                    sentences[start + r] = (fake, max(s, sentences.get(start + r, (0, s))[1]))
     print_auc(scores)
     print_accuracy(scores)
+    labels, values = zip(*sentences.values())
+    print(f"sentence decision from the most surprising content {'unit' if args.units else 'word'} (true image): "
+          f"AUC {100 * roc_auc_score(labels, values):.1f} over {len(labels)} captions ({sum(labels)} text-manipulated)")
 
 
 def token_kind_table(batch, kinds):
