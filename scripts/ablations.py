@@ -26,7 +26,7 @@ import time
 
 import yaml
 
-from utils.ablation_report import ROWS, recorded, setting_digest, write_record, write_results
+from utils.ablation_report import ROWS, recorded, same_setting, setting_digest, write_record, write_results
 from utils.cli import ArgumentParser, non_negative_int
 from utils.config import flatten
 from utils.errors import UserError, exit_on_user_error
@@ -60,15 +60,22 @@ def keep_record(args, row, seed, run_dir):
 
 def run_one(args, row, seed):
     """Train and test one (row, seed) unless it is finished (its metrics.json and run.json exist, or its record
-    in ``--records``); keeps its record; returns the run folder."""
+    in ``--records``); keeps its record; returns the run folder. A finished folder or a record of another setting
+    (config, options or config digest) stops the study."""
     run_dir = os.path.join(args.out, row, f"seed{seed}")
     metrics = os.path.join(run_dir, "eval_test", "metrics.json")
     record = os.path.join(run_dir, "run.json")
     opts = row_opts(row) + [f"train.output_dir={run_dir}", f"train.seed={seed}"] + list(args.opts)
+    digest = setting_digest(load_entry_config(os.path.join(ROOT, args.config), opts))
     if os.path.exists(metrics) and os.path.exists(record):
+        with open(record) as f:
+            run = json.load(f)
+        if not same_setting(run, args.config, opts, digest):  # its record would be overwritten with another setting
+            raise UserError(f"{run_dir} holds a finished run of another setting (config {run.get('config')}, opts "
+                            f"{run.get('opts')}, config digest {run.get('config_digest')} against {digest} now); "
+                            f"move it away or give this study its own --out")
         keep_record(args, row, seed, run_dir)
         return run_dir
-    digest = setting_digest(load_entry_config(os.path.join(ROOT, args.config), opts))
     if recorded(args.records, row, seed, args.config, opts, digest):
         return run_dir
     times = {}

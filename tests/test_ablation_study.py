@@ -2,6 +2,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -152,3 +154,23 @@ def test_an_edited_config_file_stops_the_study(tmp_path):
     assert recorded(records, "full", 1, "c.yaml", here, digest)
     with pytest.raises(UserError, match="was the config file edited"):
         recorded(records, "full", 0, "c.yaml", here, setting_digest(load_config(str(edited), here)))
+
+
+def test_a_run_folder_of_another_setting_stops_the_study(tmp_path):
+    """A finished local run folder is taken as done only if its run.json is of this setting: otherwise its
+    metrics would be copied over the study's record."""
+    out, records = tmp_path / "study", tmp_path / "records"
+    fake_run(str(out), "full", 0)
+    with open(out / "full" / "seed0" / "run.json", "w") as f:
+        json.dump({"config": "configs/demo.yaml", "opts": ["train.seed=0"], "train_seconds": 1.0}, f)
+    args = ["scripts/ablations.py", "--config", "configs/debug.yaml", "--rows", "full", "--seeds", "0",
+            "--out", str(out), "--results", str(tmp_path / "results.md"), "--records", str(records)]
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "holds a finished run of another setting" in proc.stderr
+    assert "[full seed 0]" not in proc.stdout and not records.exists()
+    here = [f"train.output_dir={out / 'full' / 'seed0'}", "train.seed=0"]
+    with open(out / "full" / "seed0" / "run.json", "w") as f:
+        json.dump({"config": "configs/debug.yaml", "opts": here, "train_seconds": 1.0}, f)
+    again = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert load_records(str(records))["full"][0]["run"]["config"] == "configs/debug.yaml"
