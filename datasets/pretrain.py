@@ -93,10 +93,16 @@ class PristinePairs(Dataset):
         sample = self.dataset[self.indices[i]]
         item = {k: sample[k] for k in ITEM_KEYS}
         item["index"] = torch.tensor(i, dtype=torch.long)
-        words = sample["caption"].split(" ")
-        item["word_kind"] = torch.tensor([-1 if j < 0 else self.kinds.get(words[j], len(KINDS) - 1)
-                                          for j in sample["word_index"].tolist()], dtype=torch.long)
+        item["word_kind"] = token_word_kinds(sample["caption"], sample["word_index"], self.kinds)
         return item
+
+
+def token_word_kinds(caption, word_index, kinds):
+    """(L,) long: the ``KINDS`` index of the word of each token (``kinds``: word -> index from ``load_word_kinds``;
+    words not listed are "other"), -1 off words. ``word_index`` (L,) indexes ``caption.split(" ")``."""
+    words = caption.split(" ")
+    return torch.tensor([-1 if j < 0 else kinds.get(words[j], len(KINDS) - 1) for j in word_index.tolist()],
+                        dtype=torch.long)
 
 
 def _select_units(word_index, attention_mask, unit_prob, whole_word, generator):

@@ -26,7 +26,7 @@ import time
 
 import yaml
 
-from utils.ablation_report import ROWS, recorded, same_setting, setting_digest, write_record, write_results
+from utils.ablation_report import ROWS, recorded, require_same_setting, setting_digest, write_record, write_results
 from utils.cli import ArgumentParser, non_negative_int
 from utils.config import flatten
 from utils.errors import UserError, exit_on_user_error
@@ -70,10 +70,8 @@ def run_one(args, row, seed):
     if os.path.exists(metrics) and os.path.exists(record):
         with open(record) as f:
             run = json.load(f)
-        if not same_setting(run, args.config, opts, digest):  # its record would be overwritten with another setting
-            raise UserError(f"{run_dir} holds a finished run of another setting (config {run.get('config')}, opts "
-                            f"{run.get('opts')}, config digest {run.get('config_digest')} against {digest} now); "
-                            f"move it away or give this study its own --out")
+        require_same_setting(run, args.config, opts, digest, f"{run_dir} holds a finished run",  # else its record
+                             "move it away or give this study its own --out")                    # is overwritten
         keep_record(args, row, seed, run_dir)
         return run_dir
     if recorded(args.records, row, seed, args.config, opts, digest):

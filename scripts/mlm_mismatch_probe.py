@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from datasets.dgm4 import audited_dataset, collate
-from datasets.pretrain import KINDS, content_units, load_word_kinds
+from datasets.pretrain import KINDS, content_units, load_word_kinds, token_word_kinds
 from datasets.text import tokenizer_for
 from models.backbone import build_backbone
 from models.meter_heads import MeterPretrainer
@@ -92,7 +92,10 @@ def main(argv=None):
     scores, sentences = {"true": [], "swapped": []}, {}
     for start in range(0, len(ds), 64):
         batch = collate([ds[i] for i in range(start, min(len(ds), start + 64))])
-        token_kinds = token_kind_table(batch, kinds) if args.units else None
+        token_kinds = None
+        if args.units:  # (B,L) word kind per token
+            token_kinds = torch.stack([token_word_kinds(c, w, kinds) for c, w in zip(batch["caption"],
+                                                                                       batch["word_index"])])
         for name, image in (("true", batch["image"]), ("swapped", batch["image"].roll(1, 0))):
             for r, w, s, ok in word_surprise(model, batch, tok.mask_token_id, image, token_kinds):
                 label = int(batch["token_label_clean"][r][batch["word_index"][r] == w].max())
@@ -106,17 +109,6 @@ def main(argv=None):
     labels, values = zip(*sentences.values())
     print(f"sentence decision from the most surprising content {'unit' if args.units else 'word'} (true image): "
           f"AUC {100 * roc_auc_score(labels, values):.1f} over {len(labels)} captions ({sum(labels)} text-manipulated)")
-
-
-def token_kind_table(batch, kinds):
-    """(B,L) word kind of every token (``KINDS`` index; -1 off words)."""
-    table = torch.full_like(batch["word_index"], -1)
-    for r, caption in enumerate(batch["caption"]):
-        words = caption.split(" ")
-        for t, w in enumerate(batch["word_index"][r].tolist()):
-            if w >= 0:
-                table[r, t] = kinds.get(words[w], len(KINDS) - 1)
-    return table
 
 
 def print_auc(scores):

@@ -87,13 +87,17 @@ def setting_digest(cfg):
     return hashlib.sha256(json.dumps(own, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def same_setting(run, config, opts, digest=None):
-    """Whether a finished run (its run.json) was made with ``config`` and ``opts`` (the output folder aside) and,
-    where both are known, with the same resolved config (``setting_digest``)."""
+def require_same_setting(run, config, opts, digest, holder, advice):
+    """Raise a ``UserError`` unless a finished run (its run.json) was made with ``config`` and ``opts`` (the output
+    folder aside) and, where both are known, with the same resolved config (``setting_digest``). ``holder`` names
+    where the run was found, ``advice`` what to do."""
     def keep(o):
         return [x for x in o if not x.startswith("train.output_dir=")]
     same_content = digest is None or run.get("config_digest") in (None, digest)
-    return run.get("config") == config and keep(run.get("opts", [])) == keep(opts) and same_content
+    if run.get("config") == config and keep(run.get("opts", [])) == keep(opts) and same_content:
+        return
+    raise UserError(f"{holder} of another setting (config {run.get('config')}, opts {run.get('opts')}, config "
+                    f"digest {run.get('config_digest')} against {digest} now: was the config file edited?); {advice}")
 
 
 def recorded(records, row, seed, config, opts, digest=None):
@@ -102,10 +106,8 @@ def recorded(records, row, seed, config, opts, digest=None):
     run = load_records(records).get(row, {}).get(seed, {}).get("run")
     if run is None:
         return False
-    if not same_setting(run, config, opts, digest):
-        raise UserError(f"{records} holds row {row} seed {seed} of another setting (config {run.get('config')}, "
-                        f"opts {run.get('opts')}, config digest {run.get('config_digest')} against {digest} now: "
-                        f"was the config file edited?); give this study its own --records and --results")
+    require_same_setting(run, config, opts, digest, f"{records} holds row {row} seed {seed}",
+                         "give this study its own --records and --results")
     return True
 
 

@@ -146,7 +146,7 @@ DEFAULTS = {
         "content_spans": False,               # a selected content word also selects its adjacent content words
         "itm_neg_prob": 0.5,                  # METER: half of the pairs get another image's caption
         "itm_word_neg_prob": 0.0,             # 0 = METER; > 0: this share of the negatives is the image's own
-                                              # caption with one content token swapped (harder negatives)
+                                              # caption with one unit (word, whole name) swapped (harder negatives)
         "itc_dim": None,                      # null = METER (MLM + ITM); an int: add ALBEF's contrastive ITC loss on
                                               # the unimodal [CLS] features, projected to this size (not METER's)
         "val_seed": 1234,                     # fixed masks and pairs of the validation set
