@@ -5,7 +5,8 @@ visual support S_raw (eq. 14), the extrinsic branch S^et (eq. 15), the gated fus
 sentence prediction y^t_fine (2.4.2, eq. 17). The losses live in losses/text_mil.py, losses/asc.py, losses/scc.py.
 Choices the paper leaves open are explained in docs/implementation_notes.md (part 2); among them ``conv_tokens``:
 the Conv1d of eq. 13 reads all attended positions (``all``, ``<s>`` / ``</s>`` as context) or the word tokens only
-(``words``, the literal T-hat_tok).
+(``words``, the literal T-hat_tok); ``coarse_head``: 2.4.1 "projects" T-hat to token scores with a Linear (``linear``)
+or with the MLP form of eq. 1 (``mlp``).
 
 Inputs (B batch, L tokens incl. position 0 = ``<s>``, N patches):
     t_hat          (B,L,D)   CFA-aligned text features T-hat
@@ -28,6 +29,7 @@ GATES = ("softmax", "sigmoid")
 ZSCORE_TOKENS = ("content", "words")
 FINE_POOLS = ("weighted", "length")
 CONV_TOKENS = ("all", "words")
+COARSE_HEADS = ("linear", "mlp")
 TEXT_DECISIONS = ("fine", "coarse")
 
 
@@ -49,17 +51,26 @@ def masked_zscore(x, mask, eps=1e-6):
     return (x - mean) * m / torch.sqrt(var + eps)
 
 
+def token_score_head(dim, form):
+    """2.4.1's projection of T-hat to a token anomaly score: (...,D) -> (...,1). ``linear``: Linear(D, 1);
+    ``mlp``: the paper's eq. 1 MLP form, Linear(D, 2D) -> LayerNorm -> GELU -> Linear(2D, 1)."""
+    if form == "linear":
+        return nn.Linear(dim, 1)
+    return nn.Sequential(nn.Linear(dim, 2 * dim), nn.LayerNorm(2 * dim), nn.GELU(), nn.Linear(2 * dim, 1))
+
+
 class VCTG(nn.Module):
     """Text weakly supervised localisation head; see the module docstring for shapes."""
 
     def __init__(self, dim, dim_t_raw, dim_v_raw, topk=3, kernel_size=3, proj_dim=256, image_aid=True,
                  gate="softmax", gate_tokens_by_text=True, token_threshold=0.5, zscore_tokens="content",
-                 fine_pool="weighted", text_decision="fine", conv_tokens="all"):
+                 fine_pool="weighted", text_decision="fine", conv_tokens="all", coarse_head="linear"):
         super().__init__()
         for name, value, allowed in (("gate", gate, GATES), ("zscore_tokens", zscore_tokens, ZSCORE_TOKENS),
                                      ("fine_pool", fine_pool, FINE_POOLS),
                                      ("text_decision", text_decision, TEXT_DECISIONS),
-                                     ("conv_tokens", conv_tokens, CONV_TOKENS)):
+                                     ("conv_tokens", conv_tokens, CONV_TOKENS),
+                                     ("coarse_head", coarse_head, COARSE_HEADS)):
             if value not in allowed:
                 raise ValueError(f"model.vctg.{name}: expected one of {allowed}, got {value!r}")
         if kernel_size % 2 != 1:
@@ -68,7 +79,7 @@ class VCTG(nn.Module):
         self.gate_tokens_by_text, self.token_threshold = gate_tokens_by_text, token_threshold
         self.zscore_tokens, self.fine_pool, self.text_decision = zscore_tokens, fine_pool, text_decision
         self.conv_tokens = conv_tokens
-        self.coarse_head = nn.Linear(dim, 1)                      # 2.4.1 token anomaly map
+        self.coarse_head = token_score_head(dim, coarse_head)     # 2.4.1 token anomaly map
         self.conv = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2)  # eq. 13
         self.it_head = nn.Linear(dim, 1)
         self.fine_head = nn.Linear(dim, 1)                        # 2.4.2 sentence prediction
@@ -155,4 +166,5 @@ def build_vctg(cfg):
                 topk=v["topk"], kernel_size=v["kernel_size"], proj_dim=v["proj_dim"], image_aid=v["image_aid"],
                 gate=v["gate"], gate_tokens_by_text=v["gate_tokens_by_text"],
                 token_threshold=v["token_threshold"], zscore_tokens=v["zscore_tokens"],
-                fine_pool=v["fine_pool"], text_decision=v["text_decision"], conv_tokens=v["conv_tokens"])
+                fine_pool=v["fine_pool"], text_decision=v["text_decision"], conv_tokens=v["conv_tokens"],
+                coarse_head=v["coarse_head"])

@@ -113,6 +113,24 @@ def test_eq13_conv_reads_the_special_tokens_only_when_asked(conv_tokens):
         make_head(conv_tokens="specials")
 
 
+def test_2_4_1_coarse_head_forms():
+    """``linear``: one Linear(D, 1); ``mlp``: eq. 1's MLP form, Linear(D, 2D) -> LayerNorm -> GELU -> Linear(2D, 1),
+    a non-linear function of each token's features; both give t_coarse as the Top-K mean of its token scores."""
+    linear, mlp = make_head(), make_head(coarse_head="mlp")
+    assert isinstance(linear.coarse_head, torch.nn.Linear)
+    assert [type(m).__name__ for m in mlp.coarse_head] == ["Linear", "LayerNorm", "GELU", "Linear"]
+    assert mlp.coarse_head[0].out_features == 2 * D and mlp.coarse_head[3].in_features == 2 * D
+    t_hat, t_raw, v, attn, content, words = inputs()
+    out = mlp(t_hat, t_raw, v, attn, content, words)
+    p = torch.sigmoid(mlp.coarse_head(t_hat).squeeze(-1))
+    assert torch.allclose(out["t_coarse"], topk_masked_mean(p, words, mlp.topk), atol=1e-6)
+    x = torch.randn(5, D)  # not linear: f(2x) - f(0) != 2 (f(x) - f(0))
+    f = mlp.coarse_head
+    assert not torch.allclose(f(2 * x) - f(0 * x), 2 * (f(x) - f(0 * x)), atol=1e-4)
+    with pytest.raises(ValueError, match="coarse_head"):
+        make_head(coarse_head="conv")
+
+
 def test_eq14_s_raw_is_max_cosine_over_patches():
     head = make_head()
     identity_projections(head)
@@ -288,8 +306,9 @@ def test_bf16_autocast_keeps_similarity_in_float32():
 def test_build_vctg_reads_config():
     cfg = copy.deepcopy(DEFAULTS)
     cfg["model"]["hidden_size"], cfg["model"]["text"]["hidden_size"], cfg["model"]["vit"]["embed_dim"] = D, DT, DV
-    cfg["model"]["vctg"].update(proj_dim=P, gate="sigmoid", topk=1, conv_tokens="words")
+    cfg["model"]["vctg"].update(proj_dim=P, gate="sigmoid", topk=1, conv_tokens="words", coarse_head="mlp")
     head = build_vctg(cfg)
+    assert isinstance(head.coarse_head, torch.nn.Sequential) and DEFAULTS["model"]["vctg"]["coarse_head"] == "linear"
     assert head.proj_t.in_features == DT and head.proj_v.in_features == DV and head.proj_t.out_features == P
     assert head.conv.in_channels == D and head.topk == 1 and hasattr(head, "gate_head")
     assert head.conv_tokens == "words" and DEFAULTS["model"]["vctg"]["conv_tokens"] == "all"

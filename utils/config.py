@@ -89,6 +89,7 @@ DEFAULTS = {
             "fine_pool": "weighted",          # weighted | length: sum_i S^t_i T_i / sum_i S^t_i or / #content (2.4.2)
             "text_decision": "fine",          # fine | coarse: sentence score (> 0.5) that gates token_pred
             "conv_tokens": "all",             # all | words: positions of T-hat the eq. 13 Conv1d reads
+            "coarse_head": "linear",          # linear | mlp: the 2.4.1 projection of T-hat to token scores
         },
     },
     "pretrained": {
@@ -176,6 +177,7 @@ RULES = {
     "model.vctg.gate": choice("softmax", "sigmoid"), "model.vctg.token_threshold": FRACTION,
     "model.vctg.zscore_tokens": choice("content", "words"), "model.vctg.fine_pool": choice("weighted", "length"),
     "model.vctg.text_decision": choice("fine", "coarse"), "model.vctg.conv_tokens": choice("all", "words"),
+    "model.vctg.coarse_head": choice("linear", "mlp"),
     "pretrained.meter": optional(TEXT), "pretrained.openai_clip": optional(TEXT), "pretrained.roberta": optional(TEXT),
     "pretrained.pos_embed_source": choice("meter", "openai"),
     **_LOSS_WEIGHTS, "loss.bsc_eps": FRACTION, "loss.sce_delta": NON_NEGATIVE, "loss.sce_topk": _SIZE,
