@@ -153,7 +153,7 @@ def build_dataset(cfg, data, split, tokenizer, train=None):
                        jpeg_draft=d["jpeg_draft"], augment_ops=d["augment_ops"])
 
 
-def audited_dataset(cfg, split, tokenizer):
-    """Audit ``split`` alone (``datasets.audit.audit_run``) and build its dataset: for scripts and tests that read
-    one split; the entry points audit all the splits of a run at once."""
-    return build_dataset(cfg, audit_run(cfg, split_files(cfg, [split])), split, tokenizer)
+def audited_dataset(cfg, split, tokenizer, train=None):
+    """Audit ``split`` alone (``datasets.audit.audit_run``) and build its dataset (``train`` as in ``build_dataset``):
+    for scripts and tests that read one split; the entry points audit all the splits of a run at once."""
+    return build_dataset(cfg, audit_run(cfg, split_files(cfg, [split])), split, tokenizer, train=train)

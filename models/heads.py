@@ -10,12 +10,16 @@ import torch
 import torch.nn as nn
 
 
+def score_mlp(width, hidden_ratio=2):
+    """Eq. 1's MLP form, (...,width) -> (...,1): Linear(width, r*width) -> LayerNorm -> GELU -> Linear(r*width, 1)."""
+    hidden = hidden_ratio * width
+    return nn.Sequential(nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+
 class BinaryHead(nn.Module):
     def __init__(self, dim, hidden_ratio=2):
         super().__init__()
-        width = 2 * dim
-        self.mlp = nn.Sequential(nn.Linear(width, hidden_ratio * width), nn.LayerNorm(hidden_ratio * width),
-                                 nn.GELU(), nn.Linear(hidden_ratio * width, 1))
+        self.mlp = score_mlp(2 * dim, hidden_ratio)
 
     def forward(self, v_cls, t_cls):
         return self.mlp(torch.cat([v_cls, t_cls], dim=-1)).squeeze(-1)

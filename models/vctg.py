@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.heads import score_mlp
+
 GATES = ("softmax", "sigmoid")
 ZSCORE_TOKENS = ("content", "words")
 FINE_POOLS = ("weighted", "length")
@@ -54,9 +56,7 @@ def masked_zscore(x, mask, eps=1e-6):
 def token_score_head(dim, form):
     """2.4.1's projection of T-hat to a token anomaly score: (...,D) -> (...,1). ``linear``: Linear(D, 1);
     ``mlp``: the paper's eq. 1 MLP form, Linear(D, 2D) -> LayerNorm -> GELU -> Linear(2D, 1)."""
-    if form == "linear":
-        return nn.Linear(dim, 1)
-    return nn.Sequential(nn.Linear(dim, 2 * dim), nn.LayerNorm(2 * dim), nn.GELU(), nn.Linear(2 * dim, 1))
+    return nn.Linear(dim, 1) if form == "linear" else score_mlp(dim)
 
 
 class VCTG(nn.Module):

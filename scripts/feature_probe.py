@@ -28,8 +28,7 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from datasets.audit import audit_run, split_files
-from datasets.dgm4 import build_dataset, collate
+from datasets.dgm4 import audited_dataset, collate
 from datasets.pretrain import KINDS, load_word_kinds, token_word_kinds
 from datasets.text import tokenizer_for
 from models import build_model
@@ -128,7 +127,7 @@ def main(argv=None):
     backbone = load_backbone(cfg, args.checkpoint, tok.pad_token_id)
     feats = {}
     for split in ("train", "val"):
-        ds = build_dataset(cfg, audit_run(cfg, split_files(cfg, [split])), split, tok, train=False)
+        ds = audited_dataset(cfg, split, tok, train=False)
         loader = DataLoader(ds, batch_size=cfg["eval"]["batch_size"], collate_fn=collate,
                             num_workers=cfg["data"]["num_workers"])
         feats[split] = pristine_image(cache_features(backbone, loader, kinds))
