@@ -7,7 +7,8 @@ result as a METER checkpoint that ``pretrained.meter`` loads (CIEC paper section
 Objectives (``models/meter_heads.py``, ``losses/meter.py``): masked language modelling on the CFA text stream
 conditioned on the true image, and image-text matching on the two poolers with half of the pairs given the caption
 of another image of the batch (``datasets/pretrain.py``; optionally the image's own caption with one unit swapped,
-``pretrain.itm_word_neg_prob``, not METER's). Data: ``pretrain.files`` (pristine records only, through
+``pretrain.itm_word_neg_prob``, not METER's; and on those pairs, replaced-unit detection per token, ``pretrain.rud``,
+not METER's either). Data: ``pretrain.files`` (pristine records only, through
 the same ``DGM4Dataset`` pipeline as fine-tuning); the last ``pretrain.val_size`` records are held out. No
 manipulation label is read. Every epoch prints validation MLM accuracy per word kind with the true image and with
 the image of another pair (the gap is what grounding adds) and ITM accuracy.
@@ -33,6 +34,7 @@ from datasets.pretrain import (
     itm_pairs,
     load_word_kinds,
     mask_tokens,
+    replaced_unit_targets,
     word_swap_negatives,
 )
 from datasets.sampler import BlockDistributedSampler, eval_sampler
@@ -114,12 +116,15 @@ def prepare_batch(batch, generator, mask_id, vocab_range, p):
         kinds = tuple(range(len(KINDS) - 1)) if p["word_kinds"] else None  # pictured kinds: names, attributes, places
         out["itm_ids"], out["itm_mask"], out["itm_label"], out["itm_kind"] = word_swap_negatives(
             batch, itm_text, itm_label, generator, p["itm_word_neg_prob"], kinds)
+    if p["rud"]:  # not METER's: replaced-unit detection on the ITM captions (notes "Pre-training")
+        out["rud_labels"], out["rud_mask"] = replaced_unit_targets(batch, out["itm_ids"], out["itm_kind"])
     return out
 
 
 def build_pretrainer(cfg, tokenizer, device):
     backbone = build_backbone(cfg, pad_token_id=tokenizer.pad_token_id)
-    model = MeterPretrainer(backbone, cfg["model"]["text"]["vocab_size"], itc_dim=cfg["pretrain"]["itc_dim"])
+    model = MeterPretrainer(backbone, cfg["model"]["text"]["vocab_size"], itc_dim=cfg["pretrain"]["itc_dim"],
+                            rud=cfg["pretrain"]["rud"])
     model.backbone.set_grad_checkpointing(grad_checkpointing_parts(cfg["train"]["grad_checkpointing"]))
     load_configured(model.backbone, cfg["pretrained"])
     return model.to(device)
@@ -172,7 +177,7 @@ def report_epoch(log, cfg, state, stats, metrics, seconds):
                **{f"train/{k}": v for k, v in stats.items()}, **{f"val/{k}": v for k, v in metrics.items()}})
     print(f"epoch {state.epoch}/{cfg['train']['epochs']} ({seconds:.0f}s, step {state.global_step}): "
           f"loss {stats['loss']:.4f} (mlm {stats['mlm']:.4f}, itm {stats['itm']:.4f}"
-          + (f", itc {stats['itc']:.4f}" if "itc" in stats else "") + "); "
+          + "".join(f", {k} {stats[k]:.4f}" for k in ("itc", "rud") if k in stats) + "); "
           + format_pretrain_metrics(metrics), flush=True)
 
 
@@ -180,14 +185,15 @@ def report_epoch(log, cfg, state, stats, metrics, seconds):
 def evaluate_pretrain(model, loader, device, cfg, tokenizer):
     """Held-out pairs with fixed masks and ITM pairs (``pretrain.val_seed``): MLM accuracy per word kind with the
     true image and with the image of another pair of the batch (``_swapped``), ITM accuracy (also on the one-word
-    negatives alone, None without them), both losses (%)."""
+    negatives alone, None without them), both losses (%), and with ``pretrain.rud`` the replaced-unit detector's
+    token precision / recall / F1 at logit 0 (None without it)."""
     model.eval()
     p = cfg["pretrain"]
     g = torch.Generator().manual_seed(p["val_seed"])
     vocab_range, n_kinds = ordinary_token_range(tokenizer), len(KINDS)
     counts = torch.zeros(3, n_kinds + 1, dtype=torch.float64)   # correct (true image), correct (swapped), total
-    sums = torch.zeros(6, dtype=torch.float64)  # itm correct, pairs, mlm loss x n, itm loss x n, the same two counts
-    #                                             on one-word negatives (pretrain.itm_word_neg_prob)
+    sums = torch.zeros(9, dtype=torch.float64)  # itm correct, pairs, mlm loss x n, itm loss x n, the same two counts
+    #                                             on one-word negatives (pretrain.itm_word_neg_prob), rud tp, fp, fn
     for batch in loader:
         batch = to_device(prepare_batch(batch, g, tokenizer.mask_token_id, vocab_range, p), device)
         with amp_context(device, cfg["train"]["amp"]):
@@ -206,12 +212,22 @@ def evaluate_pretrain(model, loader, device, cfg, tokenizer):
         itm_hit = out["itm_logits"].argmax(-1) == batch["itm_label"]
         word_neg = batch["itm_kind"] == 2 if "itm_kind" in batch else torch.zeros_like(itm_hit)
         sums += torch.tensor([itm_hit.sum().item(), b, losses["mlm"].item() * b, losses["itm"].item() * b,
-                              (itm_hit & word_neg).sum().item(), word_neg.sum().item()], dtype=torch.float64)
+                              (itm_hit & word_neg).sum().item(), word_neg.sum().item(), *rud_counts(out, batch)],
+                             dtype=torch.float64)
     if dist.is_dist():
         stacked = torch.cat([counts.flatten(), sums]).to(device)
         torch.distributed.all_reduce(stacked)
         counts, sums = stacked[:counts.numel()].view_as(counts).cpu(), stacked[counts.numel():].cpu()
     return pretrain_metrics(counts, sums)
+
+
+def rud_counts(out, batch):
+    """(tp, fp, fn) of the replaced-unit detector at logit 0 over the masked tokens; zeros without ``pretrain.rud``."""
+    if "rud_logits" not in out:
+        return 0, 0, 0
+    mask = batch["rud_mask"]
+    pred, true = (out["rud_logits"] > 0) & mask, (batch["rud_labels"] > 0) & mask
+    return (pred & true).sum().item(), (pred & ~true).sum().item(), (~pred & true).sum().item()
 
 
 def pretrain_metrics(counts, sums):
@@ -220,7 +236,9 @@ def pretrain_metrics(counts, sums):
         return round(100.0 * float(a) / float(n), 2) if n > 0 else None
     metrics = {"mlm_acc": pct(counts[0, -1], counts[2, -1]), "mlm_acc_swapped": pct(counts[1, -1], counts[2, -1]),
                "itm_acc": pct(sums[0], sums[1]), "mlm_loss": float(sums[2] / max(sums[1], 1)),
-               "itm_loss": float(sums[3] / max(sums[1], 1)), "itm_acc/word_negatives": pct(sums[4], sums[5])}
+               "itm_loss": float(sums[3] / max(sums[1], 1)), "itm_acc/word_negatives": pct(sums[4], sums[5]),
+               "rud_precision": pct(sums[6], sums[6] + sums[7]), "rud_recall": pct(sums[6], sums[6] + sums[8]),
+               "rud_f1": pct(2 * sums[6], 2 * sums[6] + sums[7] + sums[8])}
     for k, kind in enumerate(KINDS):
         metrics[f"mlm_acc/{kind}"] = pct(counts[0, k], counts[2, k])
         metrics[f"mlm_acc_swapped/{kind}"] = pct(counts[1, k], counts[2, k])
@@ -232,8 +250,10 @@ def format_pretrain_metrics(m):
     kinds = ", ".join(f"{kind} {m[f'mlm_acc/{kind}']}/{m[f'mlm_acc_swapped/{kind}']}" for kind in KINDS
                       if m[f"masked/{kind}"])
     word = m.get("itm_acc/word_negatives")
+    rud = (f"replaced-unit detection P/R/F1 {m['rud_precision']}/{m['rud_recall']}/{m['rud_f1']}%, "
+           if m.get("rud_f1") is not None else "")
     return (f"val MLM acc {m['mlm_acc']}% (true/swapped image: {kinds}); ITM acc {m['itm_acc']}%"
-            + (f" (one-word negatives {word}%)" if word is not None else "") + ", "
+            + (f" (one-word negatives {word}%)" if word is not None else "") + ", " + rud +
             f"losses mlm {m['mlm_loss']:.3f} itm {m['itm_loss']:.3f}")
 
 
@@ -242,6 +262,8 @@ def run(args):
     otherwise), then pre-train."""
     cfg = load_entry_config(args.config, args.opts)
     check_inputs(cfg, [], args.config, args.opts, pretrained=True, files=cfg["pretrain"]["files"])
+    if cfg["pretrain"]["rud"] and not cfg["pretrain"]["itm_word_neg_prob"] > 0:
+        raise ConfigError("pretrain.rud=true reads the one-unit ITM negatives: set pretrain.itm_word_neg_prob > 0")
     if cfg["pretrain"]["word_kinds"]:
         require(os.path.join(cfg["data"]["root"], cfg["pretrain"]["word_kinds"]), "word-kind list",
                 "preprocess/make_synthetic.py writes word_kinds.json; or set pretrain.word_kinds to null")

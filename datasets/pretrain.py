@@ -22,6 +22,9 @@ go through the same ``DGM4Dataset`` pipeline as fine-tuning (same transforms, to
   caption with ONE content unit (a word, or adjacent content words of one kind such as a two-word name) replaced by
   a unit of the same kind and length from another caption of the batch: the harder negative that differs from the
   true caption where a manipulated one does (docs/implementation_notes.md "Pre-training").
+- ``replaced_unit_targets(batch, itm_ids, itm_kind)`` (optional, ``pretrain.rud``; not METER's): the token labels
+  of replaced-unit detection on those ITM captions: 1 on the swapped unit's tokens, 0 on every other word token of
+  the own-caption and one-unit rows; other-caption rows are left out (every word of them is another pair's).
 
 Masking and pairing draw from a ``torch.Generator`` seeded by (seed, global step, rank) in the training step, so
 they do not depend on loader workers and a resumed run draws the same masks.
@@ -228,3 +231,16 @@ def word_swap_negatives(batch, itm_text, itm_label, generator, word_prob, kinds=
         itm_ids[r, s:e] = ids[r2, s2:s2 + e - s]
         label[r], kind[r] = 0, 2
     return itm_ids, itm_mask, label, kind
+
+
+def replaced_unit_targets(batch, itm_ids, itm_kind):
+    """(rud_labels (B,L) float, rud_mask (B,L) bool) for replaced-unit detection (``pretrain.rud``).
+
+    batch: input_ids, attention_mask, word_index (B,L) of the own captions; itm_ids (B,L) and itm_kind (B,) from
+    ``word_swap_negatives`` (0 own caption, 1 another caption, 2 one unit swapped). A label is 1 where a one-unit
+    row's token differs from the own caption (the donor unit shares no token with the replaced one, so these are
+    exactly the swapped tokens); the mask keeps the word tokens (word_index >= 0, attention on) of rows of kind 0
+    and 2. Self-supervised: built from pristine captions only, no manipulation label is read."""
+    words = (batch["word_index"] >= 0) & (batch["attention_mask"] > 0)
+    swapped = (itm_kind == 2)[:, None] & (itm_ids != batch["input_ids"]) & words
+    return swapped.float(), words & (itm_kind != 1)[:, None]

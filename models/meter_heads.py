@@ -16,7 +16,13 @@ Attribute names are METER's, so ``models/meter_export.py`` writes ``mlm_score.*`
   row i = image i against every caption of the batch. It is a pre-training head only: the METER export leaves it
   out (docs/implementation_notes.md "Pre-training": why it is there).
 
-``MeterPretrainer(backbone, vocab_size, itc_dim=None)`` runs METER's two objectives (and ITC) in one forward:
+- ``RUDHead`` (optional, ``pretrain.rud``; NOT part of METER): replaced-unit detection, ELECTRA's token-level
+  discriminator (Clark et al. 2020) made cross-modal: ``fc`` Linear(D, 1) on the CFA text stream T-hat of the ITM
+  pairs, one logit per token (1 = this word was swapped in and disagrees with the picture). Linear on purpose:
+  VCTG's coarse head (paper 2.4.1) projects the same T-hat, so what RUD teaches must be linearly readable there.
+  Input (B,L,D), output (B,L). A pre-training head only: the METER export leaves it out.
+
+``MeterPretrainer(backbone, vocab_size, itc_dim=None, rud=False)`` runs METER's two objectives (and ITC) in one forward:
 
     batch: image (B,3,S,S); mlm_ids, input_ids, attention_mask (B,L); mlm_labels (B,L) (-100 off masked
            tokens); itm_text (B,) long: the batch row whose caption is paired with image i for ITM; or, with
@@ -25,6 +31,7 @@ Attribute names are METER's, so ``models/meter_export.py`` writes ``mlm_score.*`
     CFA on 2B pairs: (V_i, masked caption_i) for MLM and (V_i, caption_itm_text[i]) for ITM
     -> {"mlm_logits": (M,V) at the M masked positions, "mlm_labels": (M,), "itm_logits": (B,2)}
        + {"itc_logits": (B,B)} with ``itc_dim`` (ITCHead on V[:, 0] and the plain captions' T[:, 0])
+       + {"rud_logits": (B,L)} with ``rud`` (RUDHead on the ITM pairs' T-hat)
 
 The two losses are in ``losses/meter.py``.
 
@@ -86,11 +93,21 @@ class ITCHead(nn.Module):
         return self.logit_scale.exp().clamp(max=100.0) * v @ t.t()
 
 
+class RUDHead(nn.Module):
+    def __init__(self, hidden_size):
+        super().__init__()
+        self.fc = nn.Linear(hidden_size, 1)
+
+    def forward(self, t_hat):
+        return self.fc(t_hat).squeeze(-1)
+
+
 class MeterPretrainer(nn.Module):
     """CIEC backbone (ViT + RoBERTa + CFA) with METER's ``mlm_score`` and ``itm_score`` (and, with ``itc_dim``,
-    ALBEF's contrastive ``itc_score``); see the module doc."""
+    ALBEF's contrastive ``itc_score``, and with ``rud`` the replaced-unit detector ``rud_score``); see the module
+    doc."""
 
-    def __init__(self, backbone, vocab_size, itc_dim=None):
+    def __init__(self, backbone, vocab_size, itc_dim=None, rud=False):
         super().__init__()
         hidden = backbone.cfa.token_type_embeddings.embedding_dim
         self.backbone = backbone
@@ -102,6 +119,9 @@ class MeterPretrainer(nn.Module):
         if itc_dim:
             text_dim = backbone.text_transformer.config.hidden_size
             self.itc_score = ITCHead(backbone.vit_model.embed_dim, text_dim, itc_dim)
+        self.rud_score = RUDHead(hidden) if rud else None
+        if rud:
+            self.rud_score.apply(init_meter_weights)
 
     def forward(self, batch):
         image_feats = self.backbone.encode_image(batch["image"])
@@ -123,6 +143,8 @@ class MeterPretrainer(nn.Module):
                "itm_logits": self.itm_score(fused["t_cls"][b:], fused["v_cls"][b:]).float()}
         if self.itc_score is not None:
             out["itc_logits"] = self.itc_score(image_feats[:, 0], text[b:2 * b, 0]).float()
+        if self.rud_score is not None:
+            out["rud_logits"] = self.rud_score(fused["t_hat"][b:]).float()
         return out
 
     def mlm_logits(self, image, mlm_ids, attention_mask, mlm_labels):

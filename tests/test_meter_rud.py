@@ -1,0 +1,96 @@
+"""The optional replaced-unit detection objective of pre-training (``pretrain.rud``; ELECTRA's token discriminator on
+the CFA text stream of the one-unit ITM negatives, not METER's): its token targets, loss, gradients, validation
+counts and the METER export leaving the head out."""
+import math
+
+import pytest
+import torch
+
+from datasets.pretrain import itm_pairs, replaced_unit_targets, word_swap_negatives
+from losses.meter import meter_losses, rud_loss
+from models.backbone import Backbone
+from models.meter_export import meter_state_dict
+from models.meter_heads import MeterPretrainer
+from pretrain import format_pretrain_metrics, pretrain_metrics, rud_counts
+from tests.test_backbone import TINY_CFA, TINY_HIDDEN, TINY_TEXT, TINY_VIT, randomize_
+from tests.test_pretrain import _meter_batch, _words_batch
+
+
+def _swapped_batch(seed=3):
+    ids, mask, word_index, content = _words_batch(b=32, seed=seed)
+    kind = torch.where(word_index >= 0, (word_index // 2) % 3, torch.full_like(word_index, -1))
+    batch = {"input_ids": ids, "attention_mask": mask, "content_mask": content, "word_index": word_index,
+             "word_kind": kind}
+    g = torch.Generator().manual_seed(0)
+    text, label = itm_pairs(ids, g, neg_prob=0.5)
+    itm_ids, itm_mask, itm_label, itm_kind = word_swap_negatives(batch, text, label, g, word_prob=0.5)
+    return batch, itm_ids, itm_mask, itm_label, itm_kind
+
+
+def test_targets_mark_exactly_the_swapped_unit_and_leave_other_caption_rows_out():
+    batch, itm_ids, _, _, itm_kind = _swapped_batch()
+    assert {0, 1, 2} <= set(itm_kind.tolist())
+    labels, mask = replaced_unit_targets(batch, itm_ids, itm_kind)
+    words = batch["word_index"] >= 0
+    for r in range(itm_kind.numel()):
+        if itm_kind[r] == 1:
+            assert not mask[r].any()
+            continue
+        assert torch.equal(mask[r], words[r])
+        if itm_kind[r] == 0:
+            assert labels[r].sum() == 0
+        else:  # one unit: the label is the set of tokens the swap changed, all inside one content run
+            changed = itm_ids[r] != batch["input_ids"][r]
+            assert torch.equal(labels[r].bool(), changed) and changed.any()
+            assert (batch["content_mask"][r, changed] > 0).all()
+
+
+def test_rud_loss_is_masked_bce():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, False, True]])
+    manual = -(math.log(torch.sigmoid(torch.tensor(2.0)).item()) + math.log(torch.sigmoid(torch.tensor(1.0)).item())
+               + math.log(0.5) + math.log(torch.sigmoid(torch.tensor(2.0)).item())) / 4
+    assert rud_loss(logits, labels, mask).item() == pytest.approx(manual, rel=1e-6)
+    assert rud_loss(logits, labels, torch.zeros_like(mask)).item() == 0.0
+
+
+def _pretrainer(rud):
+    torch.manual_seed(0)
+    backbone = Backbone(64, dict(TINY_VIT), dict(TINY_TEXT), dict(TINY_CFA), TINY_HIDDEN)
+    return randomize_(MeterPretrainer(backbone, TINY_TEXT["vocab_size"], rud=rud))
+
+
+def test_rud_head_reads_the_itm_stream_trains_the_cfa_and_stays_out_of_the_export():
+    batch = _meter_batch()
+    b, length = batch["input_ids"].shape
+    batch["itm_ids"], batch["itm_mask"] = batch["input_ids"].flip(0), batch["attention_mask"].flip(0)
+    batch["rud_labels"] = torch.zeros(b, length)
+    batch["rud_labels"][0, 2] = 1.0
+    batch["rud_mask"] = batch["attention_mask"].bool()
+    model = _pretrainer(rud=True).train()
+    out = model(batch)
+    assert out["rud_logits"].shape == (b, length)
+    losses = meter_losses(out, batch)
+    assert torch.allclose(losses["loss"], losses["mlm"] + losses["itm"] + losses["rud"])
+    losses["rud"].backward()
+    assert model.backbone.cfa.token_type_embeddings.weight.grad.abs().sum() > 0   # through the fused stream
+    assert model.itm_score.fc.weight.grad is None
+    exported = meter_state_dict(model)
+    assert not [k for k in exported if "rud" in k]
+    assert exported.keys() == meter_state_dict(_pretrainer(rud=False)).keys()
+    assert "rud_logits" not in _pretrainer(rud=False)(batch)
+
+
+def test_validation_counts_and_report():
+    out = {"rud_logits": torch.tensor([[1.0, -1.0, 2.0, -3.0]])}
+    batch = {"rud_labels": torch.tensor([[1.0, 1.0, 0.0, 0.0]]), "rud_mask": torch.tensor([[True, True, True, False]])}
+    assert rud_counts(out, batch) == (1, 1, 1)
+    assert rud_counts({}, batch) == (0, 0, 0)
+    counts = torch.ones(3, 5, dtype=torch.float64)
+    sums = torch.tensor([1, 2, 0.0, 0.0, 0, 0, 1, 1, 1], dtype=torch.float64)
+    metrics = pretrain_metrics(counts, sums)
+    assert (metrics["rud_precision"], metrics["rud_recall"], metrics["rud_f1"]) == (50.0, 50.0, 50.0)
+    assert "replaced-unit detection P/R/F1 50.0/50.0/50.0%" in format_pretrain_metrics(metrics)
+    off = pretrain_metrics(counts, torch.tensor([1, 2, 0.0, 0.0, 0, 0, 0, 0, 0], dtype=torch.float64))
+    assert off["rud_f1"] is None and "replaced-unit" not in format_pretrain_metrics(off)
