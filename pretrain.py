@@ -7,7 +7,8 @@ result as a METER checkpoint that ``pretrained.meter`` loads (CIEC paper section
 Objectives (``models/meter_heads.py``, ``losses/meter.py``): masked language modelling on the CFA text stream
 conditioned on the true image, and image-text matching on the two poolers with half of the pairs given the caption
 of another image of the batch (``datasets/pretrain.py``; optionally the image's own caption with one unit swapped,
-``pretrain.itm_word_neg_prob``, not METER's; and on those pairs, replaced-unit detection per token, ``pretrain.rud``,
+``pretrain.itm_word_neg_prob``, not METER's; and on those pairs, replaced-unit detection per token,
+``pretrain.rud_weight``,
 not METER's either). Data: ``pretrain.files`` (pristine records only, through
 the same ``DGM4Dataset`` pipeline as fine-tuning); the last ``pretrain.val_size`` records are held out. No
 manipulation label is read. Every epoch prints validation MLM accuracy per word kind with the true image and with
@@ -56,6 +57,7 @@ from utils.paths import check_inputs, load_entry_config, require
 from utils.training import amp_context, build_optimizer, to_device
 
 EXPORT_NAME = "meter_pretrain.ckpt"
+RUD_BINS, RUD_RANGE = 200, 10.0  # logit bins of the replaced-unit detector's validation AUC
 
 
 def parse_args(argv=None):
@@ -101,7 +103,7 @@ def meter_step(cfg, tokenizer, device, rank):
         g = torch.Generator().manual_seed((seed * 1_000_003 + state.global_step * 1009 + micro) * 64 + rank)
         batch = prepare_batch(batch, g, tokenizer.mask_token_id, vocab_range, p)
         batch = to_device(batch, device)
-        return meter_losses(model(batch), batch)
+        return meter_losses(model(batch), batch, p["rud_weight"])
     return compute
 
 
@@ -116,7 +118,7 @@ def prepare_batch(batch, generator, mask_id, vocab_range, p):
         kinds = tuple(range(len(KINDS) - 1)) if p["word_kinds"] else None  # pictured kinds: names, attributes, places
         out["itm_ids"], out["itm_mask"], out["itm_label"], out["itm_kind"] = word_swap_negatives(
             batch, itm_text, itm_label, generator, p["itm_word_neg_prob"], kinds)
-    if p["rud"]:  # not METER's: replaced-unit detection on the ITM captions (notes "Pre-training")
+    if p["rud_weight"] > 0:  # not METER's: replaced-unit detection on the ITM captions (notes "Pre-training")
         out["rud_labels"], out["rud_mask"] = replaced_unit_targets(batch, out["itm_ids"], out["itm_kind"])
     return out
 
@@ -124,7 +126,7 @@ def prepare_batch(batch, generator, mask_id, vocab_range, p):
 def build_pretrainer(cfg, tokenizer, device):
     backbone = build_backbone(cfg, pad_token_id=tokenizer.pad_token_id)
     model = MeterPretrainer(backbone, cfg["model"]["text"]["vocab_size"], itc_dim=cfg["pretrain"]["itc_dim"],
-                            rud=cfg["pretrain"]["rud"])
+                            rud=cfg["pretrain"]["rud_weight"] > 0)
     model.backbone.set_grad_checkpointing(grad_checkpointing_parts(cfg["train"]["grad_checkpointing"]))
     load_configured(model.backbone, cfg["pretrained"])
     return model.to(device)
@@ -185,22 +187,23 @@ def report_epoch(log, cfg, state, stats, metrics, seconds):
 def evaluate_pretrain(model, loader, device, cfg, tokenizer):
     """Held-out pairs with fixed masks and ITM pairs (``pretrain.val_seed``): MLM accuracy per word kind with the
     true image and with the image of another pair of the batch (``_swapped``), ITM accuracy (also on the one-word
-    negatives alone, None without them), both losses (%), and with ``pretrain.rud`` the replaced-unit detector's
-    token precision / recall / F1 at logit 0 (None without it)."""
+    negatives alone, None without them), both losses (%), and with ``pretrain.rud_weight`` the replaced-unit detector's
+    token AUC and precision / recall / F1 at probability 0.5 (None without it)."""
     model.eval()
     p = cfg["pretrain"]
     g = torch.Generator().manual_seed(p["val_seed"])
     vocab_range, n_kinds = ordinary_token_range(tokenizer), len(KINDS)
     counts = torch.zeros(3, n_kinds + 1, dtype=torch.float64)   # correct (true image), correct (swapped), total
-    sums = torch.zeros(9, dtype=torch.float64)  # itm correct, pairs, mlm loss x n, itm loss x n, the same two counts
-    #                                             on one-word negatives (pretrain.itm_word_neg_prob), rud tp, fp, fn
+    sums = torch.zeros(6, dtype=torch.float64)  # itm correct, pairs, mlm loss x n, itm loss x n, the same two counts
+    #                                             on one-word negatives (pretrain.itm_word_neg_prob)
+    hist = torch.zeros(2, RUD_BINS, dtype=torch.float64)  # replaced-unit scores of clean / swapped tokens
     for batch in loader:
         batch = to_device(prepare_batch(batch, g, tokenizer.mask_token_id, vocab_range, p), device)
         with amp_context(device, cfg["train"]["amp"]):
             out = model(batch)
             swapped = model.mlm_logits(batch["image"].roll(1, 0), batch["mlm_ids"], batch["attention_mask"],
                                        batch["mlm_labels"])
-        losses = meter_losses(out, batch)
+        losses = meter_losses(out, batch, p["rud_weight"])
         kind = batch["word_kind"][batch["mlm_labels"] != -100].clamp(min=0).cpu()
         for row, logits in enumerate((out["mlm_logits"], swapped)):
             hit = (logits.argmax(-1) == out["mlm_labels"]).double().cpu()
@@ -212,36 +215,58 @@ def evaluate_pretrain(model, loader, device, cfg, tokenizer):
         itm_hit = out["itm_logits"].argmax(-1) == batch["itm_label"]
         word_neg = batch["itm_kind"] == 2 if "itm_kind" in batch else torch.zeros_like(itm_hit)
         sums += torch.tensor([itm_hit.sum().item(), b, losses["mlm"].item() * b, losses["itm"].item() * b,
-                              (itm_hit & word_neg).sum().item(), word_neg.sum().item(), *rud_counts(out, batch)],
-                             dtype=torch.float64)
+                              (itm_hit & word_neg).sum().item(), word_neg.sum().item()], dtype=torch.float64)
+        hist += rud_histogram(out, batch)
     if dist.is_dist():
-        stacked = torch.cat([counts.flatten(), sums]).to(device)
+        stacked = torch.cat([counts.flatten(), sums, hist.flatten()]).to(device)
         torch.distributed.all_reduce(stacked)
-        counts, sums = stacked[:counts.numel()].view_as(counts).cpu(), stacked[counts.numel():].cpu()
-    return pretrain_metrics(counts, sums)
+        counts, sums, hist = (part.cpu() for part in stacked.split([counts.numel(), sums.numel(), hist.numel()]))
+        counts, hist = counts.view(3, n_kinds + 1), hist.view(2, RUD_BINS)
+    return pretrain_metrics(counts, sums, hist)
 
 
-def rud_counts(out, batch):
-    """(tp, fp, fn) of the replaced-unit detector at logit 0 over the masked tokens; zeros without ``pretrain.rud``."""
-    if "rud_logits" not in out:
-        return 0, 0, 0
-    mask = batch["rud_mask"]
-    pred, true = (out["rud_logits"] > 0) & mask, (batch["rud_labels"] > 0) & mask
-    return (pred & true).sum().item(), (pred & ~true).sum().item(), (~pred & true).sum().item()
+def rud_histogram(out, batch):
+    """(2, RUD_BINS) counts of the replaced-unit logits of the masked tokens in bins of 0.1 over [-10, 10] (the
+    ends open), row 0 clean, row 1 swapped (zeros without ``pretrain.rud_weight``): rank statistics that sum over
+    batches and processes; the middle bin edge is logit 0 = probability 0.5."""
+    hist = torch.zeros(2, RUD_BINS, dtype=torch.float64)
+    if "rud_logits" in out:
+        mask = batch["rud_mask"]
+        scaled = (out["rud_logits"][mask].float() + RUD_RANGE) / (2 * RUD_RANGE) * RUD_BINS
+        bins = scaled.floor().long().clamp(0, RUD_BINS - 1).cpu()
+        hist.index_put_((batch["rud_labels"][mask].long().cpu(), bins), torch.ones(bins.numel(), dtype=hist.dtype),
+                        accumulate=True)
+    return hist
 
 
-def pretrain_metrics(counts, sums):
+def rud_scores(hist):
+    """Token AUC (ties within a bin count half) and precision / recall / F1 at probability 0.5 from
+    ``rud_histogram`` counts, in percent; None where undefined."""
+    clean, swapped = hist[0], hist[1]
+    n_clean, n_swapped = float(clean.sum()), float(swapped.sum())
+    auc = None
+    if n_clean and n_swapped:
+        below = clean.cumsum(0) - clean
+        auc = round(100.0 * float((swapped * (below + 0.5 * clean)).sum()) / (n_clean * n_swapped), 2)
+    tp, fp = float(swapped[RUD_BINS // 2:].sum()), float(clean[RUD_BINS // 2:].sum())
+    fn = n_swapped - tp
+    return {"rud_auc": auc, "rud_precision": _pct(tp, tp + fp), "rud_recall": _pct(tp, tp + fn),
+            "rud_f1": _pct(2 * tp, 2 * tp + fp + fn)}
+
+
+def _pct(a, n):
+    return round(100.0 * float(a) / float(n), 2) if n > 0 else None
+
+
+def pretrain_metrics(counts, sums, rud_hist=None):
     """Flat dict of percentages and losses from ``evaluate_pretrain``'s counters."""
-    def pct(a, n):
-        return round(100.0 * float(a) / float(n), 2) if n > 0 else None
-    metrics = {"mlm_acc": pct(counts[0, -1], counts[2, -1]), "mlm_acc_swapped": pct(counts[1, -1], counts[2, -1]),
-               "itm_acc": pct(sums[0], sums[1]), "mlm_loss": float(sums[2] / max(sums[1], 1)),
-               "itm_loss": float(sums[3] / max(sums[1], 1)), "itm_acc/word_negatives": pct(sums[4], sums[5]),
-               "rud_precision": pct(sums[6], sums[6] + sums[7]), "rud_recall": pct(sums[6], sums[6] + sums[8]),
-               "rud_f1": pct(2 * sums[6], 2 * sums[6] + sums[7] + sums[8])}
+    metrics = {"mlm_acc": _pct(counts[0, -1], counts[2, -1]), "mlm_acc_swapped": _pct(counts[1, -1], counts[2, -1]),
+               "itm_acc": _pct(sums[0], sums[1]), "mlm_loss": float(sums[2] / max(sums[1], 1)),
+               "itm_loss": float(sums[3] / max(sums[1], 1)), "itm_acc/word_negatives": _pct(sums[4], sums[5]),
+               **rud_scores(torch.zeros(2, RUD_BINS) if rud_hist is None else rud_hist)}
     for k, kind in enumerate(KINDS):
-        metrics[f"mlm_acc/{kind}"] = pct(counts[0, k], counts[2, k])
-        metrics[f"mlm_acc_swapped/{kind}"] = pct(counts[1, k], counts[2, k])
+        metrics[f"mlm_acc/{kind}"] = _pct(counts[0, k], counts[2, k])
+        metrics[f"mlm_acc_swapped/{kind}"] = _pct(counts[1, k], counts[2, k])
         metrics[f"masked/{kind}"] = int(counts[2, k])
     return metrics
 
@@ -250,8 +275,8 @@ def format_pretrain_metrics(m):
     kinds = ", ".join(f"{kind} {m[f'mlm_acc/{kind}']}/{m[f'mlm_acc_swapped/{kind}']}" for kind in KINDS
                       if m[f"masked/{kind}"])
     word = m.get("itm_acc/word_negatives")
-    rud = (f"replaced-unit detection P/R/F1 {m['rud_precision']}/{m['rud_recall']}/{m['rud_f1']}%, "
-           if m.get("rud_f1") is not None else "")
+    rud = (f"replaced-unit detection token AUC {m['rud_auc']}%, P/R/F1 {m['rud_precision']}/{m['rud_recall']}/"
+           f"{m['rud_f1']}%, " if m.get("rud_auc") is not None else "")
     return (f"val MLM acc {m['mlm_acc']}% (true/swapped image: {kinds}); ITM acc {m['itm_acc']}%"
             + (f" (one-word negatives {word}%)" if word is not None else "") + ", " + rud +
             f"losses mlm {m['mlm_loss']:.3f} itm {m['itm_loss']:.3f}")
@@ -262,8 +287,9 @@ def run(args):
     otherwise), then pre-train."""
     cfg = load_entry_config(args.config, args.opts)
     check_inputs(cfg, [], args.config, args.opts, pretrained=True, files=cfg["pretrain"]["files"])
-    if cfg["pretrain"]["rud"] and not cfg["pretrain"]["itm_word_neg_prob"] > 0:
-        raise ConfigError("pretrain.rud=true reads the one-unit ITM negatives: set pretrain.itm_word_neg_prob > 0")
+    if cfg["pretrain"]["rud_weight"] > 0 and not cfg["pretrain"]["itm_word_neg_prob"] > 0:
+        raise ConfigError("pretrain.rud_weight > 0 reads the one-unit ITM negatives: "
+                          "set pretrain.itm_word_neg_prob > 0")
     if cfg["pretrain"]["word_kinds"]:
         require(os.path.join(cfg["data"]["root"], cfg["pretrain"]["word_kinds"]), "word-kind list",
                 "preprocess/make_synthetic.py writes word_kinds.json; or set pretrain.word_kinds to null")

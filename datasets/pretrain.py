@@ -22,7 +22,7 @@ go through the same ``DGM4Dataset`` pipeline as fine-tuning (same transforms, to
   caption with ONE content unit (a word, or adjacent content words of one kind such as a two-word name) replaced by
   a unit of the same kind and length from another caption of the batch: the harder negative that differs from the
   true caption where a manipulated one does (docs/implementation_notes.md "Pre-training").
-- ``replaced_unit_targets(batch, itm_ids, itm_kind)`` (optional, ``pretrain.rud``; not METER's): the token labels
+- ``replaced_unit_targets(batch, itm_ids, itm_kind)`` (optional, ``pretrain.rud_weight``; not METER's): the token labels
   of replaced-unit detection on those ITM captions: 1 on the swapped unit's tokens, 0 on every other word token of
   the own-caption and one-unit rows; other-caption rows are left out (every word of them is another pair's).
 
@@ -234,7 +234,7 @@ def word_swap_negatives(batch, itm_text, itm_label, generator, word_prob, kinds=
 
 
 def replaced_unit_targets(batch, itm_ids, itm_kind):
-    """(rud_labels (B,L) float, rud_mask (B,L) bool) for replaced-unit detection (``pretrain.rud``).
+    """(rud_labels (B,L) float, rud_mask (B,L) bool) for replaced-unit detection (``pretrain.rud_weight``).
 
     batch: input_ids, attention_mask, word_index (B,L) of the own captions; itm_ids (B,L) and itm_kind (B,) from
     ``word_swap_negatives`` (0 own caption, 1 another caption, 2 one unit swapped). A label is 1 where a one-unit

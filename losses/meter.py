@@ -3,14 +3,14 @@ backbone the image-text alignment the paper starts from (CIEC section 3.2: "back
 
 outputs (``models.meter_heads.MeterPretrainer``): ``mlm_logits`` (M,V) and ``mlm_labels`` (M,) at the M masked
 tokens; ``itm_logits`` (B,2); optionally ``itc_logits`` (B,B) (``pretrain.itc``, ALBEF's contrastive loss, not
-METER's); optionally ``rud_logits`` (B,L) (``pretrain.rud``, replaced-unit detection, not METER's).
+METER's); optionally ``rud_logits`` (B,L) (``pretrain.rud_weight``, replaced-unit detection, not METER's).
 batch: ``itm_label`` (B,) long, 1 = the caption belongs to the image; with RUD ``rud_labels`` (B,L) float and
 ``rud_mask`` (B,L) bool (``datasets.pretrain.replaced_unit_targets``).
 Returns float32 scalars {mlm: cross-entropy mean over masked tokens (0 when none is masked), itm: cross-entropy
 mean over pairs, [itc: symmetric InfoNCE, the mean of image->text and text->image cross-entropy with the
 diagonal as targets (ALBEF eq. 2)], [rud: binary cross-entropy mean over the masked tokens (ELECTRA's
-discriminator loss, weight 1)], loss: mlm + itm [+ itc] [+ rud] (METER weights both 1; ALBEF adds ITC with
-weight 1)}.
+discriminator loss)], loss: mlm + itm [+ itc] [+ rud_weight * rud] (METER weights both 1; ALBEF adds ITC with
+weight 1; ELECTRA weights its discriminator 50).
 """
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ def rud_loss(logits, labels, mask):
     return F.binary_cross_entropy_with_logits(logits[mask], labels[mask].float())
 
 
-def meter_losses(outputs, batch):
+def meter_losses(outputs, batch, rud_weight=1.0):
     logits, labels = outputs["mlm_logits"].float(), outputs["mlm_labels"]
     mlm = F.cross_entropy(logits, labels) if labels.numel() else logits.sum() * 0.0
     itm = F.cross_entropy(outputs["itm_logits"].float(), batch["itm_label"])
@@ -39,5 +39,5 @@ def meter_losses(outputs, batch):
         out["loss"] = out["loss"] + out["itc"]
     if "rud_logits" in outputs:
         out["rud"] = rud_loss(outputs["rud_logits"].float(), batch["rud_labels"], batch["rud_mask"])
-        out["loss"] = out["loss"] + out["rud"]
+        out["loss"] = out["loss"] + rud_weight * out["rud"]
     return out

@@ -16,7 +16,7 @@ Attribute names are METER's, so ``models/meter_export.py`` writes ``mlm_score.*`
   row i = image i against every caption of the batch. It is a pre-training head only: the METER export leaves it
   out (docs/implementation_notes.md "Pre-training": why it is there).
 
-- ``RUDHead`` (optional, ``pretrain.rud``; NOT part of METER): replaced-unit detection, ELECTRA's token-level
+- ``RUDHead`` (optional, ``pretrain.rud_weight``; NOT part of METER): replaced-unit detection, ELECTRA's token-level
   discriminator (Clark et al. 2020) made cross-modal: ``fc`` Linear(D, 1) on the CFA text stream T-hat of the ITM
   pairs, one logit per token (1 = this word was swapped in and disagrees with the picture). Linear on purpose:
   VCTG's coarse head (paper 2.4.1) projects the same T-hat, so what RUD teaches must be linearly readable there.

@@ -1,6 +1,6 @@
-"""The optional replaced-unit detection objective of pre-training (``pretrain.rud``; ELECTRA's token discriminator on
-the CFA text stream of the one-unit ITM negatives, not METER's): its token targets, loss, gradients, validation
-counts and the METER export leaving the head out."""
+"""The optional replaced-unit detection objective of pre-training (``pretrain.rud_weight``; ELECTRA's token
+discriminator on the CFA text stream of the one-unit ITM negatives, not METER's): its token targets, loss and
+weight, gradients, validation AUC / F1 and the METER export leaving the head out."""
 import math
 
 import pytest
@@ -11,7 +11,7 @@ from losses.meter import meter_losses, rud_loss
 from models.backbone import Backbone
 from models.meter_export import meter_state_dict
 from models.meter_heads import MeterPretrainer
-from pretrain import format_pretrain_metrics, pretrain_metrics, rud_counts
+from pretrain import format_pretrain_metrics, pretrain_metrics, rud_histogram, rud_scores
 from tests.test_backbone import TINY_CFA, TINY_HIDDEN, TINY_TEXT, TINY_VIT, randomize_
 from tests.test_pretrain import _meter_batch, _words_batch
 
@@ -73,6 +73,8 @@ def test_rud_head_reads_the_itm_stream_trains_the_cfa_and_stays_out_of_the_expor
     assert out["rud_logits"].shape == (b, length)
     losses = meter_losses(out, batch)
     assert torch.allclose(losses["loss"], losses["mlm"] + losses["itm"] + losses["rud"])
+    weighted = meter_losses(out, batch, rud_weight=10.0)
+    assert torch.allclose(weighted["loss"], losses["mlm"] + losses["itm"] + 10 * losses["rud"])
     losses["rud"].backward()
     assert model.backbone.cfa.token_type_embeddings.weight.grad.abs().sum() > 0   # through the fused stream
     assert model.itm_score.fc.weight.grad is None
@@ -82,15 +84,25 @@ def test_rud_head_reads_the_itm_stream_trains_the_cfa_and_stays_out_of_the_expor
     assert "rud_logits" not in _pretrainer(rud=False)(batch)
 
 
-def test_validation_counts_and_report():
-    out = {"rud_logits": torch.tensor([[1.0, -1.0, 2.0, -3.0]])}
-    batch = {"rud_labels": torch.tensor([[1.0, 1.0, 0.0, 0.0]]), "rud_mask": torch.tensor([[True, True, True, False]])}
-    assert rud_counts(out, batch) == (1, 1, 1)
-    assert rud_counts({}, batch) == (0, 0, 0)
-    counts = torch.ones(3, 5, dtype=torch.float64)
-    sums = torch.tensor([1, 2, 0.0, 0.0, 0, 0, 1, 1, 1], dtype=torch.float64)
-    metrics = pretrain_metrics(counts, sums)
-    assert (metrics["rud_precision"], metrics["rud_recall"], metrics["rud_f1"]) == (50.0, 50.0, 50.0)
-    assert "replaced-unit detection P/R/F1 50.0/50.0/50.0%" in format_pretrain_metrics(metrics)
-    off = pretrain_metrics(counts, torch.tensor([1, 2, 0.0, 0.0, 0, 0, 0, 0, 0], dtype=torch.float64))
-    assert off["rud_f1"] is None and "replaced-unit" not in format_pretrain_metrics(off)
+def test_validation_auc_and_f1_from_score_histograms():
+    from sklearn.metrics import roc_auc_score
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 40, generator=g) * 2
+    labels = (torch.rand(3, 40, generator=g) < 0.2).float()
+    logits = logits + 2 * labels  # swapped tokens score higher on average
+    mask = torch.rand(3, 40, generator=g) < 0.9
+    batch = {"rud_labels": labels, "rud_mask": mask}
+    hist = rud_histogram({"rud_logits": logits}, batch)
+    assert hist.sum() == mask.sum() and hist[1].sum() == labels[mask].sum()
+    assert torch.equal(rud_histogram({}, batch), torch.zeros_like(hist))
+    scores = rud_scores(hist)
+    exact = 100 * roc_auc_score(labels[mask].numpy(), logits[mask].numpy())
+    assert scores["rud_auc"] == pytest.approx(exact, abs=1.0) and scores["rud_auc"] > 60
+    pred, true = logits[mask] > 0, labels[mask] > 0
+    tp, fp, fn = (pred & true).sum().item(), (pred & ~true).sum().item(), (~pred & true).sum().item()
+    assert scores["rud_f1"] == pytest.approx(100 * 2 * tp / (2 * tp + fp + fn), abs=0.01)
+    counts, sums = torch.ones(3, 5, dtype=torch.float64), torch.tensor([1, 2, 0.0, 0.0, 0, 0], dtype=torch.float64)
+    report = format_pretrain_metrics(pretrain_metrics(counts, sums, hist))
+    assert f"replaced-unit detection token AUC {scores['rud_auc']}%" in report
+    off = pretrain_metrics(counts, sums)
+    assert off["rud_auc"] is None and "replaced-unit" not in format_pretrain_metrics(off)

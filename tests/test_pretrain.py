@@ -266,13 +266,13 @@ def test_pretrain_script_exports_reuses_and_refuses(tiny_benchmark, tmp_path):
     other = subprocess.run([sys.executable, *_pretrain(tiny_benchmark, out), "pretrain.mlm_prob=0.3"], cwd=ROOT,
                            capture_output=True, text=True)
     assert other.returncode != 0 and "pretrain.mlm_prob: checkpoint 0.15, now 0.3" in other.stderr
-    no_negatives = subprocess.run([sys.executable, *_pretrain(tiny_benchmark, out), "pretrain.rud=true"], cwd=ROOT,
+    no_negatives = subprocess.run([sys.executable, *_pretrain(tiny_benchmark, out), "pretrain.rud_weight=1"], cwd=ROOT,
                                   capture_output=True, text=True)
     assert no_negatives.returncode != 0 and "set pretrain.itm_word_neg_prob > 0" in no_negatives.stderr
     restart = run_script(*_pretrain(tiny_benchmark, out), "pretrain.mlm_prob=0.3", "pretrain.itm_word_neg_prob=0.5",
-                         "pretrain.rud=true", "--restart-if-stale")
+                         "pretrain.rud_weight=5", "--restart-if-stale")
     assert "starting over" in restart.stdout and "exported" in restart.stdout
-    assert "one-word negatives" in restart.stdout and "replaced-unit detection P/R/F1" in restart.stdout
+    assert "one-word negatives" in restart.stdout and "replaced-unit detection token AUC" in restart.stdout
     report = run_script("-m", "models.pretrained", "--config", "configs/debug.yaml", "--opts",
                         f"pretrained.meter={ckpt}", f"data.tokenizer={tiny_benchmark['tokenizer']}")
     assert "left over itm_score: 2 keys" in report.stdout and "rud" not in report.stdout  # export: METER's keys

@@ -150,8 +150,8 @@ DEFAULTS = {
                                               # caption with one unit (word, whole name) swapped (harder negatives)
         "itc_dim": None,                      # null = METER (MLM + ITM); an int: add ALBEF's contrastive ITC loss on
                                               # the unimodal [CLS] features, projected to this size (not METER's)
-        "rud": False,                         # false = METER; true: replaced-unit detection, a per-token BCE on the
-                                              # CFA text stream of the ITM pairs (needs itm_word_neg_prob > 0)
+        "rud_weight": 0.0,                    # 0 = METER; > 0: add replaced-unit detection (a per-token BCE on the
+                                              # CFA text stream of the ITM pairs) at this weight (itm_word_neg_prob > 0)
         "val_seed": 1234,                     # fixed masks and pairs of the validation set
     },
 }
@@ -195,6 +195,7 @@ RULES = {
     "pretrain.mlm_prob": FRACTION, "pretrain.content_mlm_prob": optional(FRACTION),
     "pretrain.itm_neg_prob": FRACTION, "pretrain.itm_word_neg_prob": FRACTION,
     "pretrain.val_seed": _COUNT, "pretrain.itc_dim": optional(_SIZE),
+    "pretrain.rud_weight": NON_NEGATIVE,
 }
 
 
