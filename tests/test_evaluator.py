@@ -101,6 +101,11 @@ def test_subset_and_diagnostic_tables_hand_computed():
     # v_coarse against y_v = [0 1 0 1 0 0]
     assert diag["aux/v_coarse_AUC"] == pytest.approx(100 * 7 / 8)
     assert diag["aux/v_coarse_ACC"] == pytest.approx(100 * 5 / 6)
+    # within clean captions (s0 .1, s1 .8, s4 .7) and edited ones (s2 .3, s3 .6, s5 .2) every pair is ordered:
+    # the one disordered pair overall (s3 .6 < s4 .7) crosses the two subsets
+    assert diag["aux/v_coarse_AUC/pristine_text"] == pytest.approx(100.0)
+    assert diag["aux/v_coarse_AUC/edited_text"] == pytest.approx(100.0)
+    assert "aux/t_coarse_AUC/pristine_image" not in diag   # no t_coarse output
     assert {k: diag[k] for k in diag if k.startswith("count/")} == {
         "count/samples": 6, "count/fake": 4, "count/img_subset": 4, "count/txt_subset": 5,
         "count/img_fake": 2, "count/txt_fake": 3, "count/tokens": 16, "count/duplicates": 0}

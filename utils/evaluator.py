@@ -22,7 +22,10 @@ has ``cand_boxes`` and ``cand_mask`` (test.py --visualize draws them).
     diagnostics:  {img_fake/IoU_mean, img_fake/IoU50, img_fake/IoU75      image-manipulated samples only
                    txt_fake/Precision, txt_fake/Recall, txt_fake/F1        text-manipulated samples only
                    clean/Precision, clean/Recall, clean/F1                 all samples, token_label_clean
-                   aux/{v_coarse,v_fine}_{AUC,ACC} (vs y_v), aux/{t_coarse,t_fine}_{AUC,ACC} (vs y_t), if present
+                   aux/{v_coarse,v_fine}_{AUC,ACC} (vs y_v), aux/{t_coarse,t_fine}_{AUC,ACC} (vs y_t), if present,
+                   and each AUC within the pairs whose OTHER modality is pristine / edited:
+                   aux/v_*_AUC/{pristine,edited}_text, aux/t_*_AUC/{pristine,edited}_image (the cross-modal
+                   confusion: a face swap leaves a caption that names someone no longer pictured)
                    count/{samples,fake,img_subset,txt_subset,img_fake,txt_fake,tokens,duplicates}}
 
 y_v / y_t (image / text manipulated) are read from ``fake_cls`` ("face_" / "text_" in it). ``flatten_metrics``
@@ -158,9 +161,11 @@ class DGM4Evaluator:
         clean = metrics.token_metrics(d["token_pred"], d["token_label_clean"])
         diag.update(_pct({k: clean[k] for k in ("Precision", "Recall", "F1")}, "clean/"))
         for key in self._aux or ():
-            target = y_v if key.startswith("v_") else y_t
+            target, other, name = (y_v, y_t, "text") if key.startswith("v_") else (y_t, y_v, "image")
             diag[f"aux/{key}_AUC"] = 100.0 * metrics.binary_auc(target, d[key])
             diag[f"aux/{key}_ACC"] = 100.0 * metrics.binary_acc(target, d[key])
+            for state, rows in (("pristine", ~other), ("edited", other)):
+                diag[f"aux/{key}_AUC/{state}_{name}"] = 100.0 * metrics.binary_auc(target[rows], d[key][rows])
         diag.update(self._counts(d, img, txt, y_v, y_t))
         out["diagnostics"] = diag
         return out
