@@ -88,7 +88,8 @@ def main(cfg, restart_if_stale=False):
     identity = {"pretrained_meter_sha256": file_sha256(cfg["pretrained"]["meter"])}
     best_identity = dict(identity, tokenizer_sha256=file_sha256(cfg["data"]["tokenizer"]))
     criterion = build_criterion(cfg)
-    optimizer = build_optimizer(model, tcfg["lr"], tcfg["weight_decay"], tcfg["backbone_lr_scale"])
+    optimizer = build_optimizer(model, tcfg["lr"], tcfg["weight_decay"], tcfg["backbone_lr_scale"],
+                                tcfg["vit_lr_scale"])
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg["amp"] == "fp16")
     state = resume(out, model, optimizer, scaler, cfg, identity, restart_if_stale)  # or refuse another config's run
     if dist.is_main():

@@ -326,3 +326,10 @@ def test_backbone_lr_scale_groups():
     assert low["lr"] == pytest.approx(1e-4) and high["lr"] == pytest.approx(1e-3)
     assert {id(p) for p in low["params"]} == inner
     assert {id(p) for p in high["params"]} == {id(p) for p in model.parameters()} - inner != set()
+    split = build_optimizer(model, 1e-3, 0.0, backbone_lr_scale=0.1, vit_lr_scale=1.0)
+    set_lr(split, 1e-3)
+    vit = {id(p) for p in model.backbone.vit_model.parameters()}
+    (low, high) = sorted(split.param_groups, key=lambda g: g["lr"])   # the ViT joins the heads' factor
+    assert low["lr"] == pytest.approx(1e-4) and {id(p) for p in low["params"]} == inner - vit
+    assert {id(p) for p in high["params"]} == {id(p) for p in model.parameters()} - (inner - vit)
+    assert len(build_optimizer(model, 1e-3, 0.0, backbone_lr_scale=0.1, vit_lr_scale=0.5).param_groups) == 3

@@ -119,6 +119,7 @@ DEFAULTS = {
         "grad_checkpointing": "none",         # none | vit | text | cfa | all, or a list such as [vit, cfa]
         "lr": 1.0e-5,
         "backbone_lr_scale": 1.0,             # train.py: lr factor of model.backbone's parameters (1.0: the paper)
+        "vit_lr_scale": None,                 # train.py: lr factor of the image encoder alone (null: backbone_lr_scale)
         "min_lr": 1.0e-6,
         "weight_decay": 0.02,
         "warmup_steps": 1000,
@@ -186,7 +187,8 @@ RULES = {
     "loss.sce_sigma": POSITIVE, "loss.asc_lambda": NON_NEGATIVE, "loss.asc_k2_ratio": FRACTION,
     "loss.asc_k2_min": _COUNT, "loss.asc_rest_weight": NON_NEGATIVE, "loss.scc_delta": NON_NEGATIVE,
     "train.output_dir": TEXT, "train.epochs": _SIZE, "train.batch_size": _SIZE, "train.accum_steps": _SIZE,
-    "train.lr": NON_NEGATIVE, "train.backbone_lr_scale": NON_NEGATIVE, "train.min_lr": NON_NEGATIVE,
+    "train.lr": NON_NEGATIVE, "train.backbone_lr_scale": NON_NEGATIVE,
+    "train.vit_lr_scale": optional(NON_NEGATIVE), "train.min_lr": NON_NEGATIVE,
     "train.weight_decay": NON_NEGATIVE, "train.warmup_steps": _COUNT, "train.amp": choice("none", "fp16", "bf16"),
     "train.clip_grad": NON_NEGATIVE, "train.seed": _COUNT, "train.log_every": _SIZE, "train.save_every_steps": _COUNT,
     "train.device": choice("auto", "cpu", "cuda"),

@@ -28,20 +28,25 @@ def amp_context(device, amp):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def build_optimizer(model, lr, weight_decay, backbone_lr_scale=1.0):
+def build_optimizer(model, lr, weight_decay, backbone_lr_scale=1.0, vit_lr_scale=None):
     """AdamW, lr 1e-5 and weight decay 0.02 on every parameter (section 3.2; as the field's baseline).
 
     ``backbone_lr_scale`` != 1 puts the parameters under ``model.backbone`` (the pre-trained encoders and CFA) in a
     group of their own whose ``lr_scale`` multiplies the schedule's lr (utils/schedule.set_lr); every other parameter
-    (the heads, new at fine-tuning) keeps ``lr_scale`` 1.0. With 1.0 there is one group, as in the paper.
+    (the heads, new at fine-tuning) keeps ``lr_scale`` 1.0. ``vit_lr_scale`` (None: ``backbone_lr_scale``) gives the
+    image encoder ``backbone.vit_model`` a factor of its own. With all factors 1.0 there is one group, as in the paper.
     """
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if backbone_lr_scale == 1.0:
-        groups = [{"params": [p for _, p in params], "lr_scale": 1.0}]
-    else:
-        inner = [p for n, p in params if n.startswith("backbone.")]
-        groups = [{"params": inner, "lr_scale": float(backbone_lr_scale)},
-                  {"params": [p for n, p in params if not n.startswith("backbone.")], "lr_scale": 1.0}]
+    vit_lr_scale = backbone_lr_scale if vit_lr_scale is None else vit_lr_scale
+
+    def scale(name):
+        if name.startswith("backbone.vit_model."):
+            return float(vit_lr_scale)
+        return float(backbone_lr_scale) if name.startswith("backbone.") else 1.0
+    by_scale = {}
+    for n, p in params:
+        by_scale.setdefault(scale(n), []).append(p)
+    groups = [{"params": ps, "lr_scale": s} for s, ps in sorted(by_scale.items())]
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
 
 
