@@ -5,11 +5,8 @@ import math
 import torch
 
 from losses.meter import itc_loss, meter_losses
-from models.backbone import Backbone
 from models.meter_export import meter_state_dict
-from models.meter_heads import MeterPretrainer
-from tests.test_backbone import TINY_CFA, TINY_HIDDEN, TINY_TEXT, TINY_VIT, randomize_
-from tests.test_pretrain import _meter_batch
+from tests.test_pretrain import _meter_batch, _pretrainer
 
 
 def test_itc_loss_is_symmetric_infonce():
@@ -20,12 +17,6 @@ def test_itc_loss_is_symmetric_infonce():
     manual = (-logits.log_softmax(1)[target, target].mean() - logits.log_softmax(0)[target, target].mean()) / 2
     assert torch.allclose(itc_loss(logits), manual)
     assert not torch.allclose(itc_loss(logits), itc_loss(logits.t().contiguous() + torch.eye(6)))
-
-
-def _pretrainer(itc_dim):
-    torch.manual_seed(0)
-    backbone = Backbone(64, dict(TINY_VIT), dict(TINY_TEXT), dict(TINY_CFA), TINY_HIDDEN)
-    return randomize_(MeterPretrainer(backbone, TINY_TEXT["vocab_size"], itc_dim=itc_dim))
 
 
 def test_itc_head_trains_both_encoders_and_stays_out_of_the_export():

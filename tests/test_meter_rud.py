@@ -8,12 +8,9 @@ import torch
 
 from datasets.pretrain import itm_pairs, replaced_unit_targets, word_swap_negatives
 from losses.meter import meter_losses, rud_loss
-from models.backbone import Backbone
 from models.meter_export import meter_state_dict
-from models.meter_heads import MeterPretrainer
 from pretrain import format_pretrain_metrics, pretrain_metrics, rud_histogram, rud_scores
-from tests.test_backbone import TINY_CFA, TINY_HIDDEN, TINY_TEXT, TINY_VIT, randomize_
-from tests.test_pretrain import _meter_batch, _words_batch
+from tests.test_pretrain import _meter_batch, _pretrainer, _words_batch
 
 
 def _swapped_batch(seed=3):
@@ -53,12 +50,6 @@ def test_rud_loss_is_masked_bce():
                + math.log(0.5) + math.log(torch.sigmoid(torch.tensor(2.0)).item())) / 4
     assert rud_loss(logits, labels, mask).item() == pytest.approx(manual, rel=1e-6)
     assert rud_loss(logits, labels, torch.zeros_like(mask)).item() == 0.0
-
-
-def _pretrainer(rud):
-    torch.manual_seed(0)
-    backbone = Backbone(64, dict(TINY_VIT), dict(TINY_TEXT), dict(TINY_CFA), TINY_HIDDEN)
-    return randomize_(MeterPretrainer(backbone, TINY_TEXT["vocab_size"], rud=rud))
 
 
 def test_rud_head_reads_the_itm_stream_trains_the_cfa_and_stays_out_of_the_export():

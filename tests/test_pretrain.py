@@ -167,10 +167,11 @@ def test_explicit_itm_captions_match_the_row_indexed_path():
     assert torch.allclose(a["itm_logits"][1:], c["itm_logits"][1:], atol=1e-6)
 
 
-def _pretrainer(seed=0):
+def _pretrainer(seed=0, **heads):
+    """A tiny randomised MeterPretrainer; ``heads``: its optional pre-training heads (itc_dim, rud)."""
     torch.manual_seed(seed)
     backbone = Backbone(64, dict(TINY_VIT), dict(TINY_TEXT), dict(TINY_CFA), TINY_HIDDEN)
-    return randomize_(MeterPretrainer(backbone, TINY_TEXT["vocab_size"]))
+    return randomize_(MeterPretrainer(backbone, TINY_TEXT["vocab_size"], **heads))
 
 
 def _meter_batch(seed=1):
