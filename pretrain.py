@@ -7,10 +7,9 @@ result as a METER checkpoint that ``pretrained.meter`` loads (CIEC paper section
 Objectives (``models/meter_heads.py``, ``losses/meter.py``): masked language modelling on the CFA text stream
 conditioned on the true image, and image-text matching on the two poolers with half of the pairs given the caption
 of another image of the batch (``datasets/pretrain.py``; optionally the image's own caption with one unit swapped,
-``pretrain.itm_word_neg_prob``, not METER's; and on those pairs, replaced-unit detection per token,
-``pretrain.rud_weight``,
-not METER's either). Data: ``pretrain.files`` (pristine records only, through
-the same ``DGM4Dataset`` pipeline as fine-tuning); the last ``pretrain.val_size`` records are held out. No
+``pretrain.itm_word_neg_prob``, and on those pairs replaced-unit detection per token, ``pretrain.rud_weight``;
+neither is METER's). Data: ``pretrain.files`` (pristine records only, through the same ``DGM4Dataset`` pipeline as
+fine-tuning); the last ``pretrain.val_size`` records are held out. No
 manipulation label is read. Every epoch prints validation MLM accuracy per word kind with the true image and with
 the image of another pair (the gap is what grounding adds) and ITM accuracy.
 

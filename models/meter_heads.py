@@ -119,9 +119,7 @@ class MeterPretrainer(nn.Module):
         if itc_dim:
             text_dim = backbone.text_transformer.config.hidden_size
             self.itc_score = ITCHead(backbone.vit_model.embed_dim, text_dim, itc_dim)
-        self.rud_score = RUDHead(hidden) if rud else None
-        if rud:
-            self.rud_score.apply(init_meter_weights)
+        self.rud_score = RUDHead(hidden).apply(init_meter_weights) if rud else None
 
     def forward(self, batch):
         image_feats = self.backbone.encode_image(batch["image"])
