@@ -493,7 +493,7 @@ def make_sample(seed, split, index, strength=STRENGTH, distractor_trace=DISTRACT
     faces, place = layout_faces(rng, w, h, k, face_area), PLACE_NAMES[rng.integers(len(PLACE_NAMES))]
     cands = [t for n, t in TEMPLATES if n <= k]
     template = cands[rng.integers(len(cands))]
-    slots, _ = caption_slots(rng, template, faces, place)
+    slots, people = caption_slots(rng, template, faces, place)
     orig_text, _ = render_caption(template, slots)
     manip, fake_box = None, []
     if fake_cls.startswith("face"):
@@ -513,7 +513,11 @@ def make_sample(seed, split, index, strength=STRENGTH, distractor_trace=DISTRACT
               "mtcnn_boxes": detector_boxes(rng, faces, w, h, manip["face"] if manip else -1, fake_box)}
     extras = {"orig_text": orig_text, "size": [w, h], "faces": [clip_box(face_box(f), w, h) for f in faces],
               "pictured": [CAST[f["id"]]["name"] for f in faces], "place": place,
-              "manip_face": manip["face"] if manip else None}
+              "manip_face": manip["face"] if manip else None,
+              # for scripts/ideal_observer.py: the caption's slots (original values, the changed ones, which face
+              # each person slot describes) and every face as pictured after the image manipulation
+              "slots": slots, "changed": changed, "people": people, "caption_slots": sorted(owner),
+              "states": [{k: f[k] for k in ("id", "expr", "shirt", "hair")} for f in faces]}
     return record, img, extras
 
 
