@@ -114,7 +114,7 @@ def prepare_batch(batch, generator, mask_id, vocab_range, p):
     itm_text, itm_label = itm_pairs(batch["input_ids"], generator, p["itm_neg_prob"])
     out = dict(batch, mlm_ids=mlm_ids, mlm_labels=mlm_labels, itm_text=itm_text, itm_label=itm_label)
     if p["itm_word_neg_prob"] > 0:  # not METER's: one-word negatives (docs/implementation_notes.md "Pre-training")
-        kinds = tuple(range(len(KINDS) - 1)) if p["word_kinds"] else None  # pictured kinds: names, attributes, places
+        kinds = tuple(range(len(KINDS) - 1)) if p["word_kinds"] else None  # the pictured kinds (all but "other")
         out["itm_ids"], out["itm_mask"], out["itm_label"], out["itm_kind"] = word_swap_negatives(
             batch, itm_text, itm_label, generator, p["itm_word_neg_prob"], kinds)
     if p["rud_weight"] > 0:  # not METER's: replaced-unit detection on the ITM captions (notes "Pre-training")

@@ -40,12 +40,14 @@ from datasets.caches import read_json_text
 from datasets.records import RecordError
 from utils.errors import BadInputError, MissingDataError
 
-KINDS = ("names", "attributes", "places", "other")
+KINDS = ("names", "expressions", "colours", "places", "other")
 ITEM_KEYS = ("index", "image", "input_ids", "attention_mask", "content_mask", "word_index")
 
 
 def load_word_kinds(path):
-    """word -> kind index (``KINDS``) from a word-kinds JSON ({kind: [normalised words]}); None path -> {}."""
+    """word -> kind index (``KINDS``) from a word-kinds JSON ({kind: [normalised words]}, kinds from ``KINDS``
+    without "other", plus an optional "source"); None path -> {}. An unknown kind is an error (the file of a
+    generation before 2026-12-02 lists "attributes": regenerate it)."""
     if path is None:
         return {}
     if not os.path.isfile(path):
@@ -54,6 +56,10 @@ def load_word_kinds(path):
     data = read_json_text(path, "word-kinds file")
     if not isinstance(data, dict):
         raise BadInputError(f"word-kinds file {path} must hold a JSON object {{kind: [words]}}")
+    unknown = sorted(set(data) - set(KINDS[:-1]) - {"source"})
+    if unknown:
+        raise BadInputError(f"{path}: unknown word kinds {unknown}; expected {list(KINDS[:-1])} (files written "
+                            f"before 2026-12-02 list 'attributes': rerun preprocess/make_synthetic.py)")
     table = {}
     for k, kind in enumerate(KINDS[:-1]):
         for word in data.get(kind, []):

@@ -21,6 +21,7 @@ records with exactly the DGM4 fields, ``image`` relative to DIR), DIR/synthetic_
 for pre-training; it shares no image with the benchmark splits and leaves their bytes unchanged.
 Every sample draws from its own RNG seeded by (seed, split, index): the output does not depend on --workers.
 """
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -369,19 +370,22 @@ def caption_slots(rng, template, faces, place):
 
 
 # slot of a caption word -> its kind in word_kinds(); the other slots ({Y}, {EV}, {ROLE}, {DATE}) are fillers
-SLOT_KINDS = (("names", re.compile(r"N\d")), ("attributes", re.compile(r"[ECH]\d")), ("places", re.compile(r"P")))
+SLOT_KINDS = (("names", re.compile(r"N\d")), ("expressions", re.compile(r"E\d")), ("colours", re.compile(r"[CH]\d")),
+              ("places", re.compile(r"P")))
 
 
 def word_kinds():
     """Normalised word forms (``datasets.text.normalize_caption``, split on " ") that the captions' slots give:
     {"names": cast first / last name words and the possessive forms of "{N0}'s" ("bergs", "vargas"),
-    "attributes": expression, shirt-colour and hair-colour words, "places": place words, "source": ...}.
+    "expressions": expression words, "colours": shirt- and hair-colour words (one kind: "black", "red" and
+    "white" are both), "places": place words, "source": ...}. A text_attribute swap stays within a kind, and so do
+    the one-unit negatives of pre-training (``datasets.pretrain.word_swap_negatives``), which draw donors by kind.
     Derived from the vocabularies rendered into every slot-bearing template piece, so punctuation glued to a slot
     ("{N0}'s", "({E0})", "{P}:") is normalised exactly as in the captions. A word in two kinds is an error."""
     from datasets.text import normalize_caption  # lazy: spawned generator workers do not need it
 
-    values = {"names": [c["name"] for c in CAST], "attributes": list(EXPRESSIONS) + list(SHIRT_NAMES)
-              + list(HAIR_NAMES), "places": list(PLACE_NAMES)}
+    values = {"names": [c["name"] for c in CAST], "expressions": list(EXPRESSIONS),
+              "colours": list(SHIRT_NAMES) + list(HAIR_NAMES), "places": list(PLACE_NAMES)}
     pieces = {p for _, t in TEMPLATES for p in t.split(" ")}
     slot_pieces = {kind: ["{0}"] for kind in values}  # the bare value, whatever the templates hold
     for piece in pieces:
@@ -394,7 +398,7 @@ def word_kinds():
         words = {w for v in vals for piece in slot_pieces[kind]
                  for w in normalize_caption(piece.format(v), None).split(" ") if w}
         kinds[kind] = sorted(words)
-    for a, b in (("names", "attributes"), ("names", "places"), ("attributes", "places")):
+    for a, b in itertools.combinations(values, 2):
         both = set(kinds[a]) & set(kinds[b])
         assert not both, f"words in both {a} and {b}: {sorted(both)}"
     kinds["source"] = "preprocess/make_synthetic.py vocabularies"

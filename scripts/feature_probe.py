@@ -123,7 +123,7 @@ def main(argv=None):
     tok = tokenizer_for(cfg)
     kinds_path = os.path.join(cfg["data"]["root"], "word_kinds.json")
     kinds = load_word_kinds(kinds_path if os.path.isfile(kinds_path) else None)
-    kind_names = KINDS[:3] if kinds else ("all",)
+    kind_names = KINDS[:-1] if kinds else ("all",)
     backbone = load_backbone(cfg, args.checkpoint, tok.pad_token_id)
     feats = {}
     for split in ("train", "val"):

@@ -1,6 +1,7 @@
 """METER-style pre-training (pretrain.py): masking and ITM pairing rules, pristine-only data, the METER-format export
 loaded back through models/pretrained.py to 1e-6, and pretrain.py end to end (export, reuse, stale refusal, restart).
 """
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from models.pretrained_load import load_pretrained
 from tests.conftest import ROOT, run_script, tiny_opts
 from tests.test_backbone import TINY_CFA, TINY_HIDDEN, TINY_TEXT, TINY_VIT, randomize_, tiny_batch
 from utils.config import load_config
+from utils.errors import BadInputError
 
 
 def _words_batch(b=64, length=30, n_words=20, seed=0):
@@ -142,12 +144,26 @@ def test_word_swap_negatives_replace_one_unit_of_the_own_caption_by_one_of_its_k
     assert torch.equal(none[0], ids[plain[0]]) and torch.equal(none[2], plain[1]) and not (none[3] == 2).any()
 
 
+def test_word_kinds_file_maps_words_to_kinds_and_refuses_unknown_kinds(tmp_path):
+    path = tmp_path / "kinds.json"
+    path.write_text(json.dumps({"names": ["anna", "berg"], "expressions": ["smiling"], "colours": ["red"],
+                                "places": ["city"], "source": "test"}))
+    assert load_word_kinds(str(path)) == {"anna": 0, "berg": 0, "smiling": 1, "red": 2, "city": 3}
+    path.write_text(json.dumps({"names": ["anna"], "attributes": ["smiling", "red"]}))  # before 2026-12-02
+    with pytest.raises(BadInputError, match=r"unknown word kinds \['attributes'\]"):
+        load_word_kinds(str(path))
+    path.write_text(json.dumps({"names": ["red"], "colours": ["red"]}))
+    with pytest.raises(BadInputError, match="under two kinds"):
+        load_word_kinds(str(path))
+
+
 def test_content_units_join_adjacent_content_words_of_one_kind():
-    # <s> [Anna Berg] says [Berg] ' s [orange shirt] </s>: word_index, content flags, kinds (0 names, 1 attributes)
+    # <s> [Anna Berg] says [Berg] ' s [orange shirt] </s>: word_index, content flags,
+    # kinds (0 names, 2 colours, 4 other words)
     word_index = [-1, 0, 1, 2, 3, 3, 3, 4, 5, -1]
     content = [0, 1, 1, 0, 1, 1, 1, 1, 1, 0]
-    kind = [-1, 0, 0, 3, 0, 0, 0, 1, 3, -1]
-    assert content_units(word_index, content, kind) == [(1, 3, 0), (4, 7, 0), (7, 8, 1), (8, 9, 3)]
+    kind = [-1, 0, 0, 4, 0, 0, 0, 2, 4, -1]
+    assert content_units(word_index, content, kind) == [(1, 3, 0), (4, 7, 0), (7, 8, 2), (8, 9, 4)]
 
 
 def test_explicit_itm_captions_match_the_row_indexed_path():

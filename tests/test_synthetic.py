@@ -296,14 +296,17 @@ def test_word_kinds_file(with_pretrain):
     with open(base / "word_kinds.json") as f:
         kinds = json.load(f)
     assert kinds == ms.word_kinds()
-    assert set(kinds) == {"names", "attributes", "places", "source"}
-    for kind in ("names", "attributes", "places"):
+    assert set(kinds) == {"names", "expressions", "colours", "places", "source"}
+    for kind in ("names", "expressions", "colours", "places"):
         assert kinds[kind] == sorted(set(kinds[kind])) and all(w and " " not in w for w in kinds[kind])
-    names, attrs, places = (set(kinds[k]) for k in ("names", "attributes", "places"))
+    names, exprs, colours, places = (set(kinds[k]) for k in ("names", "expressions", "colours", "places"))
     assert {"lind", "varga", "kowalski", "brandt", "oneil", "anna", "berg", "bergs", "vargas", "oneils"} <= names
-    assert {"smiling", "serious", "purple", "pink", "blond", "red"} <= attrs
+    assert exprs == set(ms.EXPRESSIONS)
+    assert colours == set(ms.SHIRT_NAMES) | set(ms.HAIR_NAMES) and {"purple", "pink", "blond", "red"} <= colours
     assert places == {"harbour", "forest", "city", "beach", "stadium", "studio"}
-    assert not names & attrs and not names & places and not attrs & places
+    for a, b in ((names, exprs), (names, colours), (names, places), (exprs, colours), (exprs, places),
+                 (colours, places)):
+        assert not a & b
     assert "o'neil" not in names and "lind-varga" not in names and "berg's" not in names  # normalised forms only
 
 
@@ -313,10 +316,10 @@ def test_word_kinds_classify_every_caption_word():
     from datasets.text import align_words, normalize_caption
 
     kinds = ms.word_kinds()
-    kind_of = {w: k for k in ("names", "attributes", "places") for w in kinds[k]}
+    kind_of = {w: k for k in ("names", "expressions", "colours", "places") for w in kinds[k]}
     slot_kind = lambda s: next((k for k, pat in ms.SLOT_KINDS if pat.fullmatch(s)), None)  # noqa: E731
     rng = np.random.default_rng(0)
-    seen = {"names": set(), "attributes": set(), "places": set()}
+    seen = {"names": set(), "expressions": set(), "colours": set(), "places": set()}
     for _, template in ms.TEMPLATES:
         for trial in range(60):
             names = rng.choice([c["name"] for c in ms.CAST], 2, replace=False)
@@ -335,7 +338,8 @@ def test_word_kinds_classify_every_caption_word():
                 assert kind_of.get(word) == want, (template, text, word, want)
                 if want:
                     seen[want].add(word)
-    assert seen["places"] == set(kinds["places"]) and len(seen["names"]) > 60 and len(seen["attributes"]) == 16
+    assert seen["places"] == set(kinds["places"]) and len(seen["names"]) > 60
+    assert seen["expressions"] == set(kinds["expressions"]) and seen["colours"] == set(kinds["colours"])
 
 
 def test_pretrain_pictured_names_and_place_are_classified(with_pretrain):
@@ -357,4 +361,4 @@ def test_pretrain_pictured_names_and_place_are_classified(with_pretrain):
         pictured |= {w for n in extras["pictured"] for w in normalize_caption(n, None).split(" ")}
         assert named <= pictured, (rec["text"], extras["pictured"])  # pristine: only pictured people are named
         assert words & set(kinds["places"]) == {extras["place"]}
-        assert words & set(kinds["attributes"]), rec["text"]  # every template holds an {E*} or {C*} slot
+        assert words & set(kinds["expressions"] + kinds["colours"]), rec["text"]  # an {E*} or {C*} slot in each

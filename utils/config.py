@@ -141,7 +141,7 @@ DEFAULTS = {
     "pretrain": {
         "files": ["metadata/pretrain.json"],  # relative to data.root; pristine records only
         "val_size": 256,                      # the corpus's last records, held out for validation
-        "word_kinds": None,                   # JSON {names, attributes, places: [words]} for per-kind MLM accuracy
+        "word_kinds": None,                   # JSON {kind: [words]}: MLM accuracy per kind, swap donors
         "mlm_prob": 0.15,                     # METER: 15% of the units, 80/10/10
         "content_mlm_prob": None,             # if set: selection probability of content words (M_c) instead
         "whole_word": True,                   # units are whole words (False: single tokens)
