@@ -16,7 +16,7 @@ Usage: ``python preprocess/make_synthetic.py --out DIR --train N --val N --test 
 [--workers K]``.
 Writes JPEGs under DIR/DGM4/{origin,manipulation}/..., DIR/metadata/{train,val,test}.json (JSON arrays of
 records with exactly the DGM4 fields, ``image`` relative to DIR), DIR/synthetic_stats.json and DIR/word_kinds.json
-(the normalised name / attribute / place words of the captions, ``word_kinds()``).
+(the normalised name / expression / colour / place words of the captions, ``word_kinds()``).
 ``--pretrain N`` adds DIR/metadata/pretrain.json: N pristine pairs (every record orig, ids 1000000+i, own images)
 for pre-training; it shares no image with the benchmark splits and leaves their bytes unchanged.
 Every sample draws from its own RNG seeded by (seed, split, index): the output does not depend on --workers.
