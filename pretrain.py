@@ -17,7 +17,8 @@ Same machinery as train.py: config (``train.*`` for the schedule and output), to
 checkpoints with exact resume from ``<output_dir>/last.pth``. A ``last.pth`` written under another config, for
 another corpus (fingerprint of the metadata and image bytes) or another tokenizer is refused, or with
 ``--restart-if-stale`` deleted and trained again. At the end ``<output_dir>/meter_pretrain.ckpt`` is written
-(``models/meter_export.py``); a finished run with its export in place is reused as it is.
+(``models/meter_export.py``); a finished run with its export in place is reused as it is. ``--export-now`` writes
+the export of a run's ``last.pth`` as it stands (a run stopped early) and trains nothing.
 """
 import os
 import time
@@ -49,7 +50,7 @@ from utils import dist
 from utils.checkpoint import resume
 from utils.cli import ArgumentParser
 from utils.config import grad_checkpointing_parts, save_config
-from utils.errors import ConfigError, exit_on_user_error
+from utils.errors import CheckpointError, ConfigError, exit_on_user_error
 from utils.logger import RunLog
 from utils.loop import file_sha256, periodic, save_state, start_run, train_one_epoch, unwrap, wrap_ddp
 from utils.paths import check_inputs, load_entry_config, require
@@ -65,6 +66,9 @@ def parse_args(argv=None):
     parser.add_argument("--opts", nargs="*", default=[], help="overrides such as train.lr=5e-4")
     parser.add_argument("--restart-if-stale", action="store_true",
                         help="delete a last.pth written under another config or corpus instead of refusing it")
+    parser.add_argument("--export-now", action="store_true",
+                        help="write the METER export of the run's last.pth as it is (a run stopped early), without "
+                             "training; the same command without the flag continues the run")
     return parser.parse_args(argv)
 
 
@@ -131,7 +135,7 @@ def build_pretrainer(cfg, tokenizer, device):
     return model.to(device)
 
 
-def main(cfg, restart_if_stale=False):
+def main(cfg, restart_if_stale=False, export_now=False):
     rank, world, device, out = start_run(cfg)
     tcfg = cfg["train"]
     tokenizer = tokenizer_for(cfg)
@@ -144,6 +148,11 @@ def main(cfg, restart_if_stale=False):
     state = resume(out, model, optimizer, scaler, cfg, identity, restart_if_stale, extra_files=(EXPORT_NAME,))
     if state.epoch >= tcfg["epochs"] and (out / EXPORT_NAME).exists():
         print(f"pre-training already finished ({state.global_step} steps): reusing {out / EXPORT_NAME}")
+        return dist.cleanup()
+    if export_now:
+        if state.global_step == 0:
+            raise CheckpointError(f"--export-now: {out / 'last.pth'} does not exist, nothing to export")
+        export(out, model, val_loader, device, cfg, tokenizer, state, fingerprint)
         return dist.cleanup()
     if dist.is_main():
         save_config(cfg, str(out / "config.yaml"))
@@ -161,13 +170,20 @@ def main(cfg, restart_if_stale=False):
         state.best_metric = max(state.best_metric, metrics["mlm_acc"])
         save_state(out / "last.pth", ddp, optimizer, scaler, cfg, state, identity)
         report_epoch(log, cfg, state, stats, metrics, time.time() - t0)
-    metrics = evaluate_pretrain(unwrap(ddp), val_loader, device, cfg, tokenizer)
-    if dist.is_main():
-        save_meter_checkpoint(str(out / EXPORT_NAME), unwrap(ddp), config=cfg, global_step=state.global_step,
-                              epoch=state.epoch, val=metrics, corpus_sha256=fingerprint)
-        print(f"exported {out / EXPORT_NAME} (METER format; pretrained.meter loads it)", flush=True)
+    export(out, unwrap(ddp), val_loader, device, cfg, tokenizer, state, fingerprint)
     log.close()
     dist.cleanup()
+
+
+def export(out, model, val_loader, device, cfg, tokenizer, state, fingerprint):
+    """Validate ``model`` (a ``MeterPretrainer``) and write ``<out>/meter_pretrain.ckpt`` (rank 0), recording the
+    epoch and step it was taken at: the end of the schedule, or where ``--export-now`` found the run."""
+    metrics = evaluate_pretrain(model, val_loader, device, cfg, tokenizer)
+    if dist.is_main():
+        save_meter_checkpoint(str(out / EXPORT_NAME), model, config=cfg, global_step=state.global_step,
+                              epoch=state.epoch, val=metrics, corpus_sha256=fingerprint)
+        print(f"exported {out / EXPORT_NAME} at epoch {state.epoch} of {cfg['train']['epochs']} (step "
+              f"{state.global_step}; METER format, pretrained.meter loads it)", flush=True)
 
 
 def report_epoch(log, cfg, state, stats, metrics, seconds):
@@ -292,7 +308,7 @@ def run(args):
     if cfg["pretrain"]["word_kinds"]:
         require(os.path.join(cfg["data"]["root"], cfg["pretrain"]["word_kinds"]), "word-kind list",
                 "preprocess/make_synthetic.py writes word_kinds.json; or set pretrain.word_kinds to null")
-    main(cfg, args.restart_if_stale)
+    main(cfg, args.restart_if_stale, args.export_now)
 
 
 if __name__ == "__main__":

@@ -280,6 +280,7 @@ def test_pretrain_script_exports_reuses_and_refuses(tiny_benchmark, tmp_path):
     assert "left over mlm_score: 6 keys" in report.stdout
     again = run_script(*_pretrain(tiny_benchmark, out))
     assert "reusing" in again.stdout
+
     other = subprocess.run([sys.executable, *_pretrain(tiny_benchmark, out), "pretrain.mlm_prob=0.3"], cwd=ROOT,
                            capture_output=True, text=True)
     assert other.returncode != 0 and "pretrain.mlm_prob: checkpoint 0.15, now 0.3" in other.stderr
@@ -293,6 +294,30 @@ def test_pretrain_script_exports_reuses_and_refuses(tiny_benchmark, tmp_path):
     report = run_script("-m", "models.pretrained", "--config", "configs/debug.yaml", "--opts",
                         f"pretrained.meter={ckpt}", f"data.tokenizer={tiny_benchmark['tokenizer']}")
     assert "left over itm_score: 2 keys" in report.stdout and "rud" not in report.stdout  # export: METER's keys
+
+
+def test_export_now_writes_a_stopped_run_and_the_run_continues(tiny_benchmark, tmp_path):
+    out = str(tmp_path / "pt")
+    args = [sys.executable, "-u", *_pretrain(tiny_benchmark, out, "train.epochs=2")]
+    nothing = subprocess.run([*args, "--export-now"], cwd=ROOT, capture_output=True, text=True)
+    assert nothing.returncode != 0 and "nothing to export" in nothing.stderr
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:  # last.pth is written before the epoch's line: stop the run there
+        if line.startswith("epoch 1/2 ("):
+            proc.kill()
+            break
+    proc.wait()
+    ckpt = os.path.join(out, "meter_pretrain.ckpt")
+    assert not os.path.exists(ckpt)
+    now = run_script(*_pretrain(tiny_benchmark, out, "train.epochs=2"), "--export-now")
+    assert "at epoch 1 of 2" in now.stdout and "epoch 2/2 (" not in now.stdout
+    partial = torch.load(ckpt, weights_only=True)
+    assert partial["hyper_parameters"]["epoch"] == 1
+    state = torch.load(os.path.join(out, "last.pth"), weights_only=True)
+    assert torch.equal(partial["state_dict"]["text_transformer.embeddings.word_embeddings.weight"],
+                       state["model"]["backbone.text_transformer.embeddings.word_embeddings.weight"])
+    rest = run_script(*_pretrain(tiny_benchmark, out, "train.epochs=2"))
+    assert "epoch 2/2 (" in rest.stdout and "at epoch 2 of 2" in rest.stdout
 
 
 def test_stale_run_refused_or_cleared(tmp_path):
