@@ -38,9 +38,14 @@ from preprocess import make_synthetic as ms
 
 VARIANTS = {"full": (), "no_trace_location": ("where",), "no_trace": ("where", "trace"),
             "no_expression": ("expression",), "no_expression, no_trace_location": ("expression", "where")}
-CUE_SLOT = ms.re.compile(r"[NECH]\d|P")
 FACE_KEY = {"E": "expr", "C": "shirt", "H": "hair"}
 CAST_BY_NAME = {c["name"]: i for i, c in enumerate(ms.CAST)}
+
+
+def is_cue(slot):
+    """Whether a caption slot describes the picture: the slots of ``make_synthetic.SLOT_KINDS`` (names,
+    expressions, colours, the place); the fillers (year, event, role, date) do not."""
+    return any(pattern.fullmatch(slot) for _, pattern in ms.SLOT_KINDS)
 
 
 def signature(extras, blind=()):
@@ -52,7 +57,7 @@ def signature(extras, blind=()):
     traced = -1 if not edited or "where" in blind else extras["manip_face"]
     cues = [("image", edited and "trace" not in blind)]
     for slot in extras["caption_slots"]:
-        if not CUE_SLOT.fullmatch(slot):
+        if not is_cue(slot):
             continue
         value = changed.get(slot, slots[slot])
         if slot == "P":

@@ -1,6 +1,5 @@
 """scripts/ideal_observer.py: the cues it reads from the generator, and the bound they give."""
-from preprocess import make_synthetic as ms
-from scripts.ideal_observer import observe, samples, signature
+from scripts.ideal_observer import is_cue, observe, samples, signature
 
 
 def test_cues_mark_exactly_the_slots_that_disagree_with_the_picture():
@@ -9,7 +8,7 @@ def test_cues_mark_exactly_the_slots_that_disagree_with_the_picture():
         cues = signature(extras)
         image, slots = cues[0], cues[1:]
         assert image == ("image", bool(y_v))
-        named = [s for s in extras["caption_slots"] if ms.re.fullmatch(r"[NECH]\d|P", s)]
+        named = [s for s in extras["caption_slots"] if is_cue(s)]
         assert [c[0] for c in slots] == [s[0] for s in named]
         if not y_v:  # a pristine picture: a slot disagrees if and only if the caption changed it
             assert [c[2] for c in slots] == [s in extras["changed"] for s in named], extras

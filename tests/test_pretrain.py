@@ -280,7 +280,6 @@ def test_pretrain_script_exports_reuses_and_refuses(tiny_benchmark, tmp_path):
     assert "left over mlm_score: 6 keys" in report.stdout
     again = run_script(*_pretrain(tiny_benchmark, out))
     assert "reusing" in again.stdout
-
     other = subprocess.run([sys.executable, *_pretrain(tiny_benchmark, out), "pretrain.mlm_prob=0.3"], cwd=ROOT,
                            capture_output=True, text=True)
     assert other.returncode != 0 and "pretrain.mlm_prob: checkpoint 0.15, now 0.3" in other.stderr

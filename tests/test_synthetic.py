@@ -1,4 +1,5 @@
 """Synthetic DGM4-format benchmark (preprocess/make_synthetic.py): format fidelity, determinism, trace locality."""
+import itertools
 import json
 import os
 import re
@@ -304,8 +305,7 @@ def test_word_kinds_file(with_pretrain):
     assert exprs == set(ms.EXPRESSIONS)
     assert colours == set(ms.SHIRT_NAMES) | set(ms.HAIR_NAMES) and {"purple", "pink", "blond", "red"} <= colours
     assert places == {"harbour", "forest", "city", "beach", "stadium", "studio"}
-    for a, b in ((names, exprs), (names, colours), (names, places), (exprs, colours), (exprs, places),
-                 (colours, places)):
+    for a, b in itertools.combinations((names, exprs, colours, places), 2):
         assert not a & b
     assert "o'neil" not in names and "lind-varga" not in names and "berg's" not in names  # normalised forms only
 
