@@ -13,6 +13,7 @@ Prints one JSON line per setting (seconds and the step's pairs per second) and a
 Usage::
 
     python bench/pretrain_step.py [--config configs/demo_pretrain.yaml] [--sizes 128 96 64] [--amp none bf16]
+                                  [--opts model.vit.local_radius=1 ...]
 """
 import argparse
 import json
@@ -94,18 +95,20 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="0 keeps torch's default")
+    p.add_argument("--opts", nargs="*", default=[], help="config overrides, key=value (as in pretrain.py)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     for size in args.sizes:
-        cfg = load_config(args.config, [f"data.image_size={size}"])
+        cfg = load_config(args.config, [*args.opts, f"data.image_size={size}"])
         torch.manual_seed(0)
         model = MeterPretrainer(build_backbone(cfg), cfg["model"]["text"]["vocab_size"]).train()
         batch = random_batch(cfg, size, args.batch)
         for amp in args.amp:
             t = pieces(model, batch, amp, args.repeats)
-            row = {"image_size": size, "amp": amp, "batch": args.batch, "threads": torch.get_num_threads(),
+            row = {"image_size": size, "amp": amp, "opts": args.opts, "batch": args.batch,
+                   "threads": torch.get_num_threads(),
                    **{k: round(v, 4) for k, v in t.items()}, "pairs_per_s": round(args.batch / t["step"], 1)}
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -4,6 +4,11 @@
   class token, learned position embedding over 1+N tokens, ``norm_pre`` (CLIP ln_pre), ``depth``
   pre-LN blocks with QuickGELU (METER keeps 11 of CLIP's 12), final ``norm`` (ln_post) on every
   token, no projection head.  image (B, 3, S, S) -> V = [V_cls, V_pat] (B, 1+N, Dv), N = (S/p)^2.
+  ``model.vit.local_radius`` (not in the paper; null = CLIP's global attention): an integer r restricts every
+  ViT block's self-attention between patches to the (2r+1)x(2r+1) window around each patch on the grid (the class
+  token still attends to and is seen by every token). A parameter-free locality prior for towers trained from
+  scratch at toy scale (docs/implementation_notes.md "Local attention in the demo's ViT"); the parameters and their
+  METER names are unchanged.
 - ``text_transformer``: HF ``RobertaModel`` without pooler (roberta-base config by default).
   input_ids, attention_mask (B, L) -> T = [T_cls, T_tok] (B, L, Dt) (``last_hidden_state``).
 - ``cfa``: ``models.cfa.CFA`` -> V_hat (B, 1+N, D), T_hat (B, L, D) and the two pooled
@@ -20,6 +25,7 @@ unchanged and ``vit_model.visual.*`` maps onto timm names under ``vit_model.``.
 """
 from functools import partial
 
+import torch
 from timm.layers import LayerNorm, use_reentrant_ckpt
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -51,6 +57,17 @@ def build_text_encoder(vocab_size, hidden_size, num_layers, num_heads, intermedi
     return RobertaModel(config, add_pooling_layer=False)
 
 
+def local_attention_mask(grid_size, radius):
+    """(1+N, 1+N) bool, True where attention is allowed: patches (row-major on the ``grid_size`` grid) at Chebyshev
+    distance <= ``radius``; the class token (index 0) attends to and is attended by every token."""
+    rows, cols = torch.meshgrid(torch.arange(grid_size[0]), torch.arange(grid_size[1]), indexing="ij")
+    rows, cols = rows.flatten(), cols.flatten()
+    near = torch.maximum((rows[:, None] - rows[None]).abs(), (cols[:, None] - cols[None]).abs()) <= radius
+    mask = torch.ones(1 + near.shape[0], 1 + near.shape[0], dtype=torch.bool)
+    mask[1:, 1:] = near
+    return mask
+
+
 class Backbone(nn.Module):
     """ViT + RoBERTa + CFA.
 
@@ -62,11 +79,15 @@ class Backbone(nn.Module):
 
     def __init__(self, image_size, vit, text, cfa, hidden_size, pad_token_id=1):
         super().__init__()
+        vit = dict(vit)
+        self.local_radius = vit.pop("local_radius", None)
         self.vit_model = build_vit(image_size, **vit)
         self.text_transformer = build_text_encoder(pad_token_id=pad_token_id, **text)
         self.cfa = CFA(hidden_size=hidden_size, image_in_dim=vit["embed_dim"],
                        text_in_dim=text["hidden_size"], **cfa)
         self.grid_size = self.vit_model.patch_embed.grid_size
+        mask = None if self.local_radius is None else local_attention_mask(self.grid_size, self.local_radius)
+        self.register_buffer("vit_attn_mask", mask, persistent=False)   # not a parameter: METER keys unchanged
 
     def set_grad_checkpointing(self, parts=()):
         """Recompute the activations of ``parts`` (a subset of vit, text, cfa) in backward; () switches it off."""
@@ -84,8 +105,17 @@ class Backbone(nn.Module):
         self.cfa.grad_checkpointing = "cfa" in parts
 
     def encode_image(self, image):
-        """(B,3,S,S) -> V = [V_cls, V_pat] (B,1+N,Dv)."""
-        return self.vit_model.forward_features(image)
+        """(B,3,S,S) -> V = [V_cls, V_pat] (B,1+N,Dv); with ``local_radius`` every block gets ``vit_attn_mask``."""
+        vit = self.vit_model
+        if self.vit_attn_mask is None:
+            return vit.forward_features(image)
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(image))))
+        for block in vit.blocks:
+            if vit.grad_checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, attn_mask=self.vit_attn_mask, use_reentrant=False)
+            else:
+                x = block(x, attn_mask=self.vit_attn_mask)
+        return vit.norm(x)
 
     def encode_text(self, input_ids, attention_mask):
         """(B,L) ids and mask -> T = [T_cls, T_tok] (B,L,Dt). An encoder keeps no key/value cache (``use_cache``)."""

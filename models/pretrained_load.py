@@ -71,10 +71,25 @@ def load_meter(backbone, path, pos_embed=None):
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict):
         raise PretrainedKeyError(f"{path}: no state_dict mapping in the checkpoint")
+    _check_local_radius(ckpt, backbone, path)
     mapped, leftover, resized = meter_to_backbone(sd, backbone, pos_embed, f"METER checkpoint {path}")
     loaded = check_and_load(backbone, mapped, f"METER checkpoint {path}")
     return {"loaded": loaded, "resized": resized, "left_over": leftover,
             "unpickle_path": info["path"], "stubbed_globals": info["stubbed"]}
+
+
+def _check_local_radius(ckpt, backbone, path):
+    """Refuse a checkpoint whose ViT attended otherwise than ``model.vit.local_radius`` asks: pretrain.py's exports
+    record their config; any other checkpoint (METER's own) counts as CLIP's global attention (null)."""
+    recorded = ckpt
+    for key in ("hyper_parameters", "config", "model", "vit"):
+        recorded = recorded.get(key) if isinstance(recorded, dict) else None
+    recorded = recorded.get("local_radius") if isinstance(recorded, dict) else None
+    wanted = getattr(backbone, "local_radius", None)
+    if recorded != wanted:
+        raise PretrainedKeyError(
+            f"{path}: its ViT was trained with model.vit.local_radius={recorded} (null: CLIP's global attention) but "
+            f"the config sets {wanted}; set model.vit.local_radius to {recorded} to fine-tune from it")
 
 
 def load_openai_vit(vit, sd, path):

@@ -261,3 +261,47 @@ def test_dropout_only_in_train_mode(mode):
     with torch.no_grad():
         a, b = bb(image, ids, mask)["v_hat"], bb(image, ids, mask)["v_hat"]
     assert torch.equal(a, b) == (mode == "eval")
+
+
+def test_local_attention_mask_is_the_chebyshev_window_plus_the_class_token():
+    from models.backbone import local_attention_mask
+    mask = local_attention_mask((4, 5), 1)
+    assert mask.shape == (21, 21) and mask[0].all() and mask[:, 0].all()
+    for i in range(20):
+        for j in range(20):
+            near = max(abs(i // 5 - j // 5), abs(i % 5 - j % 5)) <= 1
+            assert bool(mask[1 + i, 1 + j]) == near, (i, j)
+    assert mask[1:, 1:].sum(1).tolist()[:6] == [4, 6, 6, 6, 4, 6]   # corner, edges, interior at radius 1
+
+
+def test_local_radius_limits_what_a_patch_sees_and_keeps_the_parameters():
+    vit = dict(TINY_VIT, depth=1, patch_size=8)   # 8x8 grid; one block: a patch sees its window and the class token
+    local = randomize_(tiny_backbone(vit=dict(vit, local_radius=1))).eval()
+    full = randomize_(tiny_backbone(vit=vit)).eval()
+    assert local.state_dict().keys() == full.state_dict().keys()   # the mask is a buffer outside the state dict
+    image = tiny_batch()[0]
+    near, far = image.clone(), image.clone()
+    near[:, :, 8:16, 8:16] += 1.0      # patch (1, 1): inside patch (0, 0)'s 3x3 window
+    far[:, :, 16:24, 0:8] += 1.0       # patch (2, 0): outside it
+    with torch.no_grad():
+        base, v_near, v_far = (local.encode_image(x)[:, 1] for x in (image, near, far))
+        assert torch.equal(base, v_far) and not torch.allclose(base, v_near)
+        assert not torch.allclose(full.encode_image(image)[:, 1], full.encode_image(far)[:, 1])
+        # a window covering the grid is global attention, the same function as timm's own forward
+        wide = tiny_backbone(vit=dict(vit, local_radius=7))
+        wide.load_state_dict(full.state_dict())
+        torch.testing.assert_close(wide.eval().encode_image(image), full.encode_image(image))
+
+
+def test_local_attention_grad_checkpointing_gives_the_same_gradients():
+    bb = randomize_(tiny_backbone(vit=dict(TINY_VIT, local_radius=1))).train()
+    image = tiny_batch()[0]
+    grads = []
+    for parts in ((), ("vit",)):
+        bb.set_grad_checkpointing(parts)
+        bb.zero_grad()
+        torch.manual_seed(0)
+        bb.encode_image(image).square().sum().backward()
+        grads.append([p.grad.clone() for p in bb.vit_model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

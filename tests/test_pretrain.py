@@ -18,7 +18,7 @@ from losses.meter import meter_losses
 from models.backbone import Backbone
 from models.meter_export import meter_state_dict, save_meter_checkpoint, timm_to_clip_name
 from models.meter_heads import MeterPretrainer
-from models.pretrained_keys import clip_visual_name
+from models.pretrained_keys import PretrainedKeyError, clip_visual_name
 from models.pretrained_load import load_pretrained
 from tests.conftest import ROOT, run_script, tiny_opts
 from tests.test_backbone import TINY_CFA, TINY_HIDDEN, TINY_TEXT, TINY_VIT, randomize_, tiny_batch
@@ -374,3 +374,22 @@ def test_backbone_lr_scale_groups():
     assert low["lr"] == pytest.approx(1e-4) and {id(p) for p in low["params"]} == inner - vit
     assert {id(p) for p in high["params"]} == {id(p) for p in model.parameters()} - (inner - vit)
     assert len(build_optimizer(model, 1e-3, 0.0, backbone_lr_scale=0.1, vit_lr_scale=0.5).param_groups) == 3
+
+
+def test_export_records_local_radius_and_loading_refuses_another(tmp_path):
+    torch.manual_seed(0)
+    vit = dict(TINY_VIT, local_radius=1)
+    model = randomize_(MeterPretrainer(Backbone(64, vit, dict(TINY_TEXT), dict(TINY_CFA), TINY_HIDDEN),
+                                       TINY_TEXT["vocab_size"])).eval()
+    path = str(tmp_path / "meter.ckpt")
+    save_meter_checkpoint(path, model, config={"model": {"vit": vit}})
+    sources = {"meter": path, "openai_clip": None, "roberta": None, "pos_embed_source": "meter"}
+    same = Backbone(64, dict(vit), dict(TINY_TEXT), dict(TINY_CFA), TINY_HIDDEN).eval()
+    assert load_pretrained(same, sources)["random_init"] == []
+    image, ids, mask = tiny_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(same(image, ids, mask)["v_hat"], model.backbone(image, ids, mask)["v_hat"])
+    for radius in (None, 2):   # global attention (METER's own checkpoints) or another window: one clear error
+        other = Backbone(64, dict(TINY_VIT, local_radius=radius), dict(TINY_TEXT), dict(TINY_CFA), TINY_HIDDEN)
+        with pytest.raises(PretrainedKeyError, match=f"local_radius=1 .* the config sets {radius}"):
+            load_pretrained(other, sources)

@@ -64,7 +64,8 @@ DEFAULTS = {
     },
     "model": {
         "hidden_size": 768,                   # D of the CFA and of every head
-        "vit": {"embed_dim": 768, "depth": 11, "num_heads": 12, "patch_size": 16, "mlp_ratio": 4.0},
+        "vit": {"embed_dim": 768, "depth": 11, "num_heads": 12, "patch_size": 16, "mlp_ratio": 4.0,
+                "local_radius": None},        # null = CLIP; r: patches attend within (2r+1)^2 windows (not the paper)
         "text": {"vocab_size": 50265, "hidden_size": 768, "num_layers": 12, "num_heads": 12,
                  "intermediate_size": 3072, "max_position_embeddings": 514, "layer_norm_eps": 1.0e-5,
                  "dropout": 0.1},                 # roberta-base's hidden and attention dropout
@@ -167,7 +168,7 @@ RULES = {
     "data.on_bad_record": choice("fail", "skip"), "data.box_tolerance": NON_NEGATIVE, "data.num_workers": _COUNT,
     "data.augment_ops": subset_of(*AUGMENT_OPS),
     "model.hidden_size": _SIZE, "model.vit.embed_dim": _SIZE, "model.vit.depth": _SIZE, "model.vit.num_heads": _SIZE,
-    "model.vit.patch_size": _SIZE, "model.vit.mlp_ratio": POSITIVE,
+    "model.vit.patch_size": _SIZE, "model.vit.mlp_ratio": POSITIVE, "model.vit.local_radius": optional(_COUNT),
     "model.text.vocab_size": _SIZE, "model.text.hidden_size": _SIZE, "model.text.num_layers": _SIZE,
     "model.text.num_heads": _SIZE, "model.text.intermediate_size": _SIZE,
     "model.text.max_position_embeddings": _SIZE, "model.text.layer_norm_eps": POSITIVE,
