@@ -85,7 +85,7 @@ def _check_local_radius(ckpt, backbone, path):
     for key in ("hyper_parameters", "config", "model", "vit"):
         recorded = recorded.get(key) if isinstance(recorded, dict) else None
     recorded = recorded.get("local_radius") if isinstance(recorded, dict) else None
-    wanted = getattr(backbone, "local_radius", None)
+    wanted = backbone.local_radius
     if recorded != wanted:
         raise PretrainedKeyError(
             f"{path}: its ViT was trained with model.vit.local_radius={recorded} (null: CLIP's global attention) but "
