@@ -114,7 +114,8 @@ def prepare_batch(batch, generator, mask_id, vocab_range, p):
     """Add mlm_ids / mlm_labels (METER masking) and itm_text / itm_label (ITM pairing) to a CPU batch."""
     mlm_ids, mlm_labels = mask_tokens(batch["input_ids"], batch["attention_mask"], batch["word_index"],
                                       batch["content_mask"], generator, mask_id, vocab_range, p["mlm_prob"],
-                                      p["content_mlm_prob"], p["whole_word"], p["content_spans"])
+                                      p["content_mlm_prob"], p["whole_word"], p["content_spans"],
+                                      batch["word_kind"], kind_mlm_probs(p))
     itm_text, itm_label = itm_pairs(batch["input_ids"], generator, p["itm_neg_prob"])
     out = dict(batch, mlm_ids=mlm_ids, mlm_labels=mlm_labels, itm_text=itm_text, itm_label=itm_label)
     if p["itm_word_neg_prob"] > 0:  # not METER's: one-word negatives (docs/implementation_notes.md "Pre-training")
@@ -124,6 +125,13 @@ def prepare_batch(batch, generator, mask_id, vocab_range, p):
     if p["rud_weight"] > 0:  # not METER's: replaced-unit detection on the ITM captions (notes "Pre-training")
         out["rud_labels"], out["rud_mask"] = replaced_unit_targets(batch, out["itm_ids"], out["itm_kind"])
     return out
+
+
+def kind_mlm_probs(p):
+    """``pretrain.kind_mlm_prob`` as ``mask_tokens``' ``kind_prob`` (one entry per ``KINDS`` but "other"), or None
+    when no kind has its own rate."""
+    probs = tuple(p["kind_mlm_prob"][kind] for kind in KINDS[:-1])
+    return None if all(v is None for v in probs) else probs
 
 
 def build_pretrainer(cfg, tokenizer, device):
@@ -305,6 +313,9 @@ def run(args):
     if cfg["pretrain"]["rud_weight"] > 0 and not cfg["pretrain"]["itm_word_neg_prob"] > 0:
         raise ConfigError("pretrain.rud_weight > 0 reads the one-unit ITM negatives: "
                           "set pretrain.itm_word_neg_prob > 0")
+    if kind_mlm_probs(cfg["pretrain"]) and not cfg["pretrain"]["word_kinds"]:
+        raise ConfigError("pretrain.kind_mlm_prob sets a rate per word kind, which pretrain.word_kinds lists: set it "
+                          "(make_synthetic.py writes word_kinds.json)")
     if cfg["pretrain"]["word_kinds"]:
         require(os.path.join(cfg["data"]["root"], cfg["pretrain"]["word_kinds"]), "word-kind list",
                 "preprocess/make_synthetic.py writes word_kinds.json; or set pretrain.word_kinds to null")

@@ -13,8 +13,8 @@ go through the same ``DGM4Dataset`` pipeline as fine-tuning (same transforms, to
   ordinary token (10%) or stays (10%); labels are -100 elsewhere. Units are whole words (``whole_word``: every
   sub-token of a selected word) or single tokens. ``content_prob``, if set, replaces ``mlm_prob`` for content
   words (stop-word cache M_c), and ``content_spans`` extends a selected content word to its adjacent content words
-  (names are masked whole, so the caption cannot give them away), choices of this codebase
-  (docs/implementation_notes.md "Pre-training").
+  (names are masked whole, so the caption cannot give them away), and ``kind_prob`` sets the rate of one word kind
+  (say expressions), choices of this codebase (docs/implementation_notes.md "Pre-training").
 - ``itm_pairs(input_ids, generator, neg_prob)``: image i keeps its caption or, with ``neg_prob`` (1/2), gets the
   caption of another image of the batch; label 1 iff the caption paired with it is identical to its own.
 - ``word_swap_negatives(batch, itm_text, itm_label, generator, word_prob, kinds)`` (optional,
@@ -148,16 +148,22 @@ def _grow_content_spans(selected, word_index, content_mask):
 
 
 def mask_tokens(input_ids, attention_mask, word_index, content_mask, generator, mask_id, vocab_range,
-                mlm_prob=0.15, content_prob=None, whole_word=True, content_spans=False):
+                mlm_prob=0.15, content_prob=None, whole_word=True, content_spans=False, word_kind=None,
+                kind_prob=None):
     """METER/BERT masking; returns (mlm_ids (B,L), mlm_labels (B,L) with -100 off the selected tokens).
 
     ``vocab_range`` (lo, hi): ordinary token ids for the 10% random replacements. ``content_spans``: a selected
-    content word also selects the adjacent content words (``_grow_content_spans``; needs ``whole_word``). All tensors
-    on the CPU.
+    content word also selects the adjacent content words (``_grow_content_spans``; needs ``whole_word``).
+    ``kind_prob`` (one entry per ``KINDS`` but "other": a probability or None), with ``word_kind`` (B,L) from
+    ``token_word_kinds``: the selection probability of the words of that kind, over ``content_prob`` and ``mlm_prob``
+    (``pretrain.kind_mlm_prob``; not METER's). All tensors on the CPU.
     """
     prob = torch.full(input_ids.shape, float(mlm_prob))
     if content_prob is not None:
         prob = torch.where(content_mask > 0, torch.full_like(prob, float(content_prob)), prob)
+    for k, p_k in enumerate(kind_prob or ()):
+        if p_k is not None:
+            prob = torch.where(word_kind == k, torch.full_like(prob, float(p_k)), prob)
     selected = _select_units(word_index, attention_mask, prob, whole_word, generator)
     if content_spans:
         if not whole_word:

@@ -83,6 +83,23 @@ def test_mask_tokens_content_probability_and_token_units():
     assert max(split) == 2  # single-token units: some multi-token word is partly selected
 
 
+def test_mask_tokens_rate_per_word_kind():
+    ids, mask, word_index, content = _words_batch(seed=7)
+    kind = torch.where(word_index >= 0, word_index % 5, torch.full_like(word_index, -1))  # kinds 0-3, 4 = other
+    g = torch.Generator().manual_seed(3)
+    _, labels = mask_tokens(ids, mask, word_index, content, g, 4, (5, 100), mlm_prob=0.0, content_prob=0.0,
+                            word_kind=kind, kind_prob=(None, 1.0, 0.5, None))
+    selected = labels != -100
+    assert selected[kind == 1].all() and not selected[(kind == 0) | (kind == 3) | (kind == 4) | (kind < 0)].any()
+    assert 0.4 < selected[kind == 2].float().mean() < 0.6
+    for r in range(ids.shape[0]):  # still whole words
+        assert all(selected[r][word_index[r] == w].unique().numel() == 1 for w in word_index[r].unique() if w >= 0)
+    _, none = mask_tokens(ids, mask, word_index, content, torch.Generator().manual_seed(3), 4, (5, 100),
+                          word_kind=kind, kind_prob=(None,) * 4)
+    _, plain = mask_tokens(ids, mask, word_index, content, torch.Generator().manual_seed(3), 4, (5, 100))
+    assert torch.equal(none, plain)
+
+
 def test_content_spans_mask_adjacent_content_words_together():
     ids, mask, word_index, content = _words_batch(seed=5)
     content = (word_index >= 0).float()
@@ -286,8 +303,11 @@ def test_pretrain_script_exports_reuses_and_refuses(tiny_benchmark, tmp_path):
     no_negatives = subprocess.run([sys.executable, *_pretrain(tiny_benchmark, out), "pretrain.rud_weight=1"], cwd=ROOT,
                                   capture_output=True, text=True)
     assert no_negatives.returncode != 0 and "set pretrain.itm_word_neg_prob > 0" in no_negatives.stderr
+    no_kinds = subprocess.run([sys.executable, *_pretrain(tiny_benchmark, out), "pretrain.word_kinds=null",
+                               "pretrain.kind_mlm_prob.expressions=0.9"], cwd=ROOT, capture_output=True, text=True)
+    assert no_kinds.returncode != 0 and "which pretrain.word_kinds lists" in no_kinds.stderr
     restart = run_script(*_pretrain(tiny_benchmark, out), "pretrain.mlm_prob=0.3", "pretrain.itm_word_neg_prob=0.5",
-                         "pretrain.rud_weight=5", "--restart-if-stale")
+                         "pretrain.rud_weight=5", "pretrain.kind_mlm_prob.expressions=1.0", "--restart-if-stale")
     assert "starting over" in restart.stdout and "exported" in restart.stdout
     assert "one-word negatives" in restart.stdout and "replaced-unit detection token AUC" in restart.stdout
     report = run_script("-m", "models.pretrained", "--config", "configs/debug.yaml", "--opts",

@@ -145,6 +145,10 @@ DEFAULTS = {
         "word_kinds": None,                   # JSON {kind: [words]}: MLM accuracy per kind, swap donors
         "mlm_prob": 0.15,                     # METER: 15% of the units, 80/10/10
         "content_mlm_prob": None,             # if set: selection probability of content words (M_c) instead
+        "kind_mlm_prob": {                    # if set: selection probability of the words of that kind (word_kinds),
+            "names": None, "expressions": None,  # over the two above (not METER's; a whole name follows its first
+            "colours": None, "places": None,     # word's draw with content_spans)
+        },
         "whole_word": True,                   # units are whole words (False: single tokens)
         "content_spans": False,               # a selected content word also selects its adjacent content words
         "itm_neg_prob": 0.5,                  # METER: half of the pairs get another image's caption
@@ -196,6 +200,7 @@ RULES = {
     "eval.batch_size": _SIZE, "eval.split": choice("train", "val", "test"),
     "pretrain.files": PATHS, "pretrain.val_size": _SIZE, "pretrain.word_kinds": optional(TEXT),
     "pretrain.mlm_prob": FRACTION, "pretrain.content_mlm_prob": optional(FRACTION),
+    **{f"pretrain.kind_mlm_prob.{kind}": optional(FRACTION) for kind in ("names", "expressions", "colours", "places")},
     "pretrain.itm_neg_prob": FRACTION, "pretrain.itm_word_neg_prob": FRACTION,
     "pretrain.val_seed": _COUNT, "pretrain.itc_dim": optional(_SIZE),
     "pretrain.rud_weight": NON_NEGATIVE,
