@@ -45,7 +45,7 @@ from losses.meter import meter_losses
 from models.backbone import build_backbone
 from models.meter_export import save_meter_checkpoint
 from models.meter_heads import MeterPretrainer
-from models.pretrained_load import load_configured
+from models.pretrained_load import load_configured, load_meter_heads
 from utils import dist
 from utils.checkpoint import resume
 from utils.cli import ArgumentParser
@@ -140,6 +140,10 @@ def build_pretrainer(cfg, tokenizer, device):
                             rud=cfg["pretrain"]["rud_weight"] > 0)
     model.backbone.set_grad_checkpointing(grad_checkpointing_parts(cfg["train"]["grad_checkpointing"]))
     load_configured(model.backbone, cfg["pretrained"])
+    if cfg["pretrained"]["meter"]:  # a continued pre-training keeps the MLM and ITM heads trained with the backbone
+        heads = load_meter_heads(model, cfg["pretrained"]["meter"])
+        if dist.is_main():
+            print("pre-training heads from pretrained.meter: " + ", ".join(f"{k} {v}" for k, v in heads.items()))
     return model.to(device)
 
 

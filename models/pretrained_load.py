@@ -78,6 +78,21 @@ def load_meter(backbone, path, pos_embed=None):
             "unpickle_path": info["path"], "stubbed_globals": info["stubbed"]}
 
 
+def load_meter_heads(pretrainer, path):
+    """Load METER's pre-training heads ``mlm_score.*`` and ``itm_score.*`` of the checkpoint at ``path`` into
+    ``pretrainer`` (a ``MeterPretrainer``) when it holds them, strict per head (keys and shapes exact), so that a
+    continued pre-training starts from the heads that were trained with the backbone, as METER's own loading does.
+    Returns {head: number of keys loaded, or "not in the checkpoint (random init)"}."""
+    ckpt, _ = load_with_stand_ins(path)
+    sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else {}
+    report = {}
+    for head in ("mlm_score", "itm_score"):
+        keys = {k[len(head) + 1:]: v for k, v in sd.items() if k.startswith(head + ".")}
+        report[head] = (check_and_load(getattr(pretrainer, head), keys, f"{head} of METER checkpoint {path}")
+                        if keys else "not in the checkpoint (random init)")
+    return report
+
+
 def _check_local_radius(ckpt, backbone, path):
     """Refuse a checkpoint whose ViT attended otherwise than ``model.vit.local_radius`` asks: pretrain.py's exports
     record their config; any other checkpoint (METER's own) counts as CLIP's global attention (null)."""

@@ -19,7 +19,7 @@ from models.backbone import Backbone
 from models.meter_export import meter_state_dict, save_meter_checkpoint, timm_to_clip_name
 from models.meter_heads import MeterPretrainer
 from models.pretrained_keys import PretrainedKeyError, clip_visual_name
-from models.pretrained_load import load_pretrained
+from models.pretrained_load import load_meter_heads, load_pretrained
 from tests.conftest import ROOT, run_script, tiny_opts
 from tests.test_backbone import TINY_CFA, TINY_HIDDEN, TINY_TEXT, TINY_VIT, randomize_, tiny_batch
 from utils.config import load_config
@@ -253,6 +253,29 @@ def test_export_loads_back_exactly(tmp_path):
         assert torch.allclose(want[key], got[key], atol=1e-6, rtol=0), key
 
 
+def test_continued_pretraining_loads_the_heads_of_the_export(tmp_path):
+    model = _pretrainer(seed=0)
+    path = str(tmp_path / "meter.ckpt")
+    save_meter_checkpoint(path, model)
+    fresh = _pretrainer(seed=5)
+    assert not torch.equal(fresh.mlm_score.decoder.weight, model.mlm_score.decoder.weight)
+    assert load_meter_heads(fresh, path) == {"mlm_score": 6, "itm_score": 2}
+    for head in ("mlm_score", "itm_score"):
+        want, got = getattr(model, head).state_dict(), getattr(fresh, head).state_dict()
+        assert all(torch.equal(want[k], got[k]) for k in want), head
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    headless = str(tmp_path / "headless.ckpt")
+    torch.save({"state_dict": {k: v for k, v in sd["state_dict"].items() if not k.startswith("itm_score.")}}, headless)
+    before = fresh.itm_score.fc.weight.clone()
+    torch.nn.init.normal_(fresh.itm_score.fc.weight)
+    report = load_meter_heads(fresh, headless)
+    assert report["mlm_score"] == 6 and report["itm_score"].startswith("not in the checkpoint")
+    assert not torch.equal(fresh.itm_score.fc.weight, before)  # left as it was
+    other_vocab = MeterPretrainer(fresh.backbone, TINY_TEXT["vocab_size"] + 1)
+    with pytest.raises(PretrainedKeyError, match="mlm_score of METER checkpoint .*shape mismatches"):
+        load_meter_heads(other_vocab, path)
+
+
 def test_export_names_are_meters():
     names = meter_state_dict(_pretrainer())
     for key in names:
@@ -313,6 +336,8 @@ def test_pretrain_script_exports_reuses_and_refuses(tiny_benchmark, tmp_path):
     report = run_script("-m", "models.pretrained", "--config", "configs/debug.yaml", "--opts",
                         f"pretrained.meter={ckpt}", f"data.tokenizer={tiny_benchmark['tokenizer']}")
     assert "left over itm_score: 2 keys" in report.stdout and "rud" not in report.stdout  # export: METER's keys
+    continued = run_script(*_pretrain(tiny_benchmark, str(tmp_path / "pt2"), f"pretrained.meter={ckpt}"))
+    assert "pre-training heads from pretrained.meter: mlm_score 6, itm_score 2" in continued.stdout
 
 
 def test_export_now_writes_a_stopped_run_and_the_run_continues(tiny_benchmark, tmp_path):
