@@ -25,7 +25,9 @@ has ``cand_boxes`` and ``cand_mask`` (test.py --visualize draws them).
                    aux/{v_coarse,v_fine}_{AUC,ACC} (vs y_v), aux/{t_coarse,t_fine}_{AUC,ACC} (vs y_t), if present,
                    and each AUC within the pairs whose OTHER modality is pristine / edited:
                    aux/v_*_AUC/{pristine,edited}_text, aux/t_*_AUC/{pristine,edited}_image (the cross-modal
-                   confusion: a face swap leaves a caption that names someone no longer pictured)
+                   confusion: a face swap leaves a caption that names someone no longer pictured), and
+                   within the pairs that are orig or exactly one manipulation of that modality:
+                   aux/v_*_AUC/{face_swap,face_attribute}, aux/t_*_AUC/{text_swap,text_attribute}
                    count/{samples,fake,img_subset,txt_subset,img_fake,txt_fake,tokens,duplicates}}
 
 y_v / y_t (image / text manipulated) are read from ``fake_cls`` ("face_" / "text_" in it). ``flatten_metrics``
@@ -166,6 +168,9 @@ class DGM4Evaluator:
             diag[f"aux/{key}_ACC"] = 100.0 * metrics.binary_acc(target, d[key])
             for state, rows in (("pristine", ~other), ("edited", other)):
                 diag[f"aux/{key}_AUC/{state}_{name}"] = 100.0 * metrics.binary_auc(target[rows], d[key][rows])
+            for kind in IMAGE_ONLY if key.startswith("v_") else TEXT_ONLY:  # one manipulation against the real pairs
+                rows = (fake_cls == "orig") | (fake_cls == kind)
+                diag[f"aux/{key}_AUC/{kind}"] = 100.0 * metrics.binary_auc(target[rows], d[key][rows])
         diag.update(self._counts(d, img, txt, y_v, y_t))
         out["diagnostics"] = diag
         return out
