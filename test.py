@@ -5,8 +5,10 @@
     torchrun --nproc_per_node=8 test.py --config configs/ciec.yaml   # same numbers, 8x faster
 
 Writes ``metrics.json`` (the nine Table 1 keys in percent, the subset tables and diagnostics) and
-``predictions.jsonl`` (one line per sample) into ``--out``; ``--visualize N`` also renders N pictures
-in the style of the paper's Figure 3.
+``predictions.jsonl`` (one line per sample) into ``--out`` (default ``<train.output_dir>/eval_<split>``; a token gate
+or threshold evaluated otherwise than trained, ``--opts model.vctg.gate_tokens_by_text=false``, gets its own folder,
+``eval_test_gate_tokens_by_text=False``); ``--visualize N`` also renders N pictures in the style of the paper's
+Figure 3.
 
 Before anything is written: the split is audited (``datasets.audit``; its ids also against the config's train and
 val metadata, where those files exist), and the checkpoint must be one of train.py whose stored config equals this
@@ -29,7 +31,7 @@ from models import build_model
 from utils import dist
 from utils.checkpoint import load_checkpoint
 from utils.cli import ArgumentParser, non_negative_int
-from utils.config import eval_conflicts
+from utils.config import default_eval_dir, eval_conflicts
 from utils.errors import CheckpointError, exit_on_user_error
 from utils.evaluator import evaluate
 from utils.paths import check_inputs, load_entry_config
@@ -41,7 +43,8 @@ def parse_args(argv=None):
     parser.add_argument("--config", default="configs/ciec.yaml")
     parser.add_argument("--checkpoint", default=None, help="default: <train.output_dir>/best.pth")
     parser.add_argument("--split", default=None, choices=["train", "val", "test"], help="default: eval.split")
-    parser.add_argument("--out", default=None, help="default: <train.output_dir>/eval_<split>")
+    parser.add_argument("--out", default=None, help="default: <train.output_dir>/eval_<split>, plus "
+                        "_<name>=<value> for a token gate or threshold evaluated otherwise than trained")
     parser.add_argument("--visualize", type=non_negative_int, default=0, metavar="N")
     parser.add_argument("--opts", nargs="*", default=[])
     return parser.parse_args(argv)
@@ -51,7 +54,6 @@ def main(args):
     cfg = load_entry_config(args.config, args.opts)
     split = args.split or cfg["eval"]["split"]
     ckpt_path = args.checkpoint or os.path.join(cfg["train"]["output_dir"], "best.pth")
-    out = args.out or os.path.join(cfg["train"]["output_dir"], f"eval_{split}")
     check_inputs(cfg, [split], args.config, args.opts, checkpoint=ckpt_path)  # one-line error for missing data
     rank, world, _, device = dist.init_distributed(cfg["train"]["device"])
 
@@ -65,6 +67,7 @@ def main(args):
     model = build_model(cfg, pad_token_id=tokenizer.pad_token_id)
     ckpt = load_checkpoint(ckpt_path, model=model, strict=True, check=lambda s: check_trained_config(ckpt_path, s, cfg))
     model.to(device)
+    out = args.out or default_eval_dir(cfg, split, ckpt.get("config"))
     print(f"checkpoint {ckpt_path} (epoch {ckpt.get('epoch')}, global step {ckpt.get('global_step')}); "
           f"split {split}: {len(dataset)} samples")
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[cfg["train"]["amp"]]

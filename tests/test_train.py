@@ -5,6 +5,7 @@
   same global batch (accumulation);
 - a run killed mid-epoch (SIGKILL) and resumed reaches the same final weights as an uninterrupted run.
 """
+import copy
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import time
 import torch
 
 from tests.conftest import ROOT, run_script, tiny_opts
+from utils.config import default_eval_dir, load_config
 
 
 def _train(bench, out, *extra, launcher=None):
@@ -68,9 +70,24 @@ def test_train_then_test_smoke(tiny_benchmark, tmp_path):
     assert "trained with another config (data.max_len: trained 40, now 30; model.vctg.proj_dim: trained 16, now 8)" \
         in bad.stderr
     # ... and accepts evaluation-time settings (the token gate off, other workers, another lr in train.*)
-    run_script("test.py", "--config", "configs/debug.yaml", "--out", str(tmp_path / "e3"), "--opts",
+    # (written beside the trained setting's eval_test, not over it)
+    run_script("test.py", "--config", "configs/debug.yaml", "--opts",
                *tiny_opts(tiny_benchmark, out), "model.vctg.gate_tokens_by_text=False", "train.lr=0.5")
-    assert (tmp_path / "e3" / "metrics.json").exists()
+    assert os.path.exists(os.path.join(out, "eval_test_gate_tokens_by_text=False", "metrics.json"))
+    assert not os.path.exists(os.path.join(out, "eval_test"))
+
+
+def test_default_out_names_the_model_settings_evaluated_otherwise():
+    cfg = load_config(os.path.join(ROOT, "configs/debug.yaml"), ["train.output_dir=runs/a"])
+    trained = copy.deepcopy(cfg)
+    assert default_eval_dir(cfg, "test", trained) == os.path.join("runs/a", "eval_test")
+    assert default_eval_dir(cfg, "val", None) == os.path.join("runs/a", "eval_val")  # no stored config: the defaults
+    cfg["model"]["vctg"]["gate_tokens_by_text"] = not trained["model"]["vctg"]["gate_tokens_by_text"]
+    cfg["model"]["vctg"]["token_threshold"] = 0.25
+    cfg["data"]["num_workers"] = 7  # evaluation-time, but not a model setting: no tag
+    gate = cfg["model"]["vctg"]["gate_tokens_by_text"]
+    assert default_eval_dir(cfg, "test", trained) == os.path.join(
+        "runs/a", f"eval_test_gate_tokens_by_text={gate}_token_threshold=0.25")
 
 
 def test_two_ranks_match_one_rank_with_accumulation(tiny_benchmark, tmp_path):
