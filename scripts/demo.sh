@@ -7,8 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 DATA=${DATA:-data/synthetic}
-CONFIG=${CONFIG:-configs/demo.yaml}
-PRETRAIN_CONFIG=${PRETRAIN_CONFIG:-configs/demo_pretrain.yaml}
+# ROAD=long: the long road (about 80 minutes the first time, beyond issue 9's 30 minutes): 40 + 12 epochs of
+# pre-training (configs/demo_pretrain_long.yaml, then configs/demo_pretrain_rud.yaml) and configs/demo_long.yaml.
+case "${ROAD:-short}" in
+    short) CONFIG=${CONFIG:-configs/demo.yaml}; PRETRAIN_CONFIGS=${PRETRAIN_CONFIGS:-configs/demo_pretrain.yaml} ;;
+    long) CONFIG=${CONFIG:-configs/demo_long.yaml}
+          PRETRAIN_CONFIGS=${PRETRAIN_CONFIGS:-"configs/demo_pretrain_long.yaml configs/demo_pretrain_rud.yaml"} ;;
+    *) echo "error: ROAD must be short or long, got '$ROAD'" >&2; exit 2 ;;
+esac
 SPLITS="metadata/train.json metadata/val.json metadata/test.json metadata/pretrain.json"
 start=$(date +%s)
 
@@ -22,8 +28,11 @@ python preprocess/stopword_masks.py --data-root "$DATA" --metadata $SPLITS --out
 python preprocess/train_tokenizer.py --data-root "$DATA" --metadata metadata/train.json --out "$DATA/tokenizer"
 python preprocess/check_alignment.py --data-root "$DATA" --metadata $SPLITS --tokenizer "$DATA/tokenizer"
 
-# Pre-training on the 4000 pristine pairs (no manipulation label read); exports output/demo_pretrain/meter_pretrain.ckpt.
-python pretrain.py --config "$PRETRAIN_CONFIG" --restart-if-stale
+# Pre-training on the 4000 pristine pairs (no manipulation label read); exports <train.output_dir>/meter_pretrain.ckpt
+# (output/demo_pretrain), each stage reused when its settings and data are unchanged.
+for pretrain_config in $PRETRAIN_CONFIGS; do
+    python pretrain.py --config "$pretrain_config" --restart-if-stale
+done
 python train.py --config "$CONFIG" --restart-if-stale "$@"
-python test.py --config "$CONFIG" --visualize 8   # Figure 3-style pictures in output/demo/eval_test/vis
+python test.py --config "$CONFIG" --visualize 8   # Figure 3-style pictures in <train.output_dir>/eval_test/vis
 echo "demo finished in $(( $(date +%s) - start )) s"
