@@ -444,12 +444,18 @@ EVAL_TIME_KEYS = ("data.root", "data.train_files", "data.val_files", "data.test_
 MODEL_EVAL_KEYS = tuple(k for k in EVAL_TIME_KEYS if k.startswith("model."))  # they change the predictions
 
 
+def _trained_values(saved):
+    """The flat config a checkpoint was trained with: its stored ``saved`` config over the defaults (a key the
+    checkpoint lacks, an option added later, counts as its default; None = the defaults)."""
+    return {**flatten(DEFAULTS), **flatten(saved or {})}
+
+
 def default_eval_dir(current, split, saved):
     """test.py's default output folder: ``<train.output_dir>/eval_<split>``, plus ``_<name>=<value>`` for each model
     setting evaluated otherwise than the checkpoint's config ``saved`` has it (``MODEL_EVAL_KEYS``: the token gate,
     the token threshold; None = the defaults), so that such a variant never overwrites the trained setting's
     results."""
-    old, new = {**flatten(DEFAULTS), **flatten(saved or {})}, flatten(current)
+    old, new = _trained_values(saved), flatten(current)
     tags = "".join(f"_{k.rsplit('.', 1)[1]}={new[k]}" for k in MODEL_EVAL_KEYS if old.get(k) != new.get(k))
     return os.path.join(current["train"]["output_dir"], f"eval_{split}{tags}")
 
@@ -457,7 +463,6 @@ def default_eval_dir(current, split, saved):
 def eval_conflicts(saved, current):
     """``{key: (trained, now)}`` of the keys outside the evaluation-time settings that differ between a checkpoint's
     config and the evaluation config (a key the checkpoint lacks counts as its default)."""
-    defaults = flatten(DEFAULTS)
-    old, new = {**defaults, **flatten(saved)}, flatten(current)
+    old, new = _trained_values(saved), flatten(current)
     return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k) and k not in EVAL_TIME_KEYS and not k.startswith(EVAL_TIME_SECTIONS)}
