@@ -49,7 +49,7 @@ from models.pretrained_load import load_configured, load_meter_heads
 from utils import dist
 from utils.checkpoint import resume
 from utils.cli import ArgumentParser
-from utils.config import grad_checkpointing_parts, save_config
+from utils.config import PICTURED_KINDS, grad_checkpointing_parts, save_config
 from utils.errors import CheckpointError, ConfigError, exit_on_user_error
 from utils.logger import RunLog
 from utils.loop import file_sha256, periodic, save_state, start_run, train_one_epoch, unwrap, wrap_ddp
@@ -119,11 +119,13 @@ def prepare_batch(batch, generator, mask_id, vocab_range, p):
     itm_text, itm_label = itm_pairs(batch["input_ids"], generator, p["itm_neg_prob"])
     out = dict(batch, mlm_ids=mlm_ids, mlm_labels=mlm_labels, itm_text=itm_text, itm_label=itm_label)
     if p["itm_word_neg_prob"] > 0:  # not METER's: one-word negatives (docs/implementation_notes.md "Pre-training")
-        kinds = tuple(range(len(KINDS) - 1)) if p["word_kinds"] else None  # the pictured kinds (all but "other")
+        kinds = tuple(KINDS.index(k) for k in p["word_neg_kinds"]) if p["word_kinds"] else None
         out["itm_ids"], out["itm_mask"], out["itm_label"], out["itm_kind"] = word_swap_negatives(
             batch, itm_text, itm_label, generator, p["itm_word_neg_prob"], kinds)
     if p["rud_weight"] > 0:  # not METER's: replaced-unit detection on the ITM captions (notes "Pre-training")
         out["rud_labels"], out["rud_mask"] = replaced_unit_targets(batch, out["itm_ids"], out["itm_kind"])
+        if kinds is not None:  # validation's second AUC: the tokens of the kinds a unit may be swapped from
+            out["rud_kind_mask"] = out["rud_mask"] & torch.isin(batch["word_kind"], torch.tensor(kinds))
     return out
 
 
@@ -223,7 +225,8 @@ def evaluate_pretrain(model, loader, device, cfg, tokenizer):
     counts = torch.zeros(3, n_kinds + 1, dtype=torch.float64)   # correct (true image), correct (swapped), total
     sums = torch.zeros(6, dtype=torch.float64)  # itm correct, pairs, mlm loss x n, itm loss x n, the same two counts
     #                                             on one-word negatives (pretrain.itm_word_neg_prob)
-    hist = torch.zeros(2, RUD_BINS, dtype=torch.float64)  # replaced-unit scores of clean / swapped tokens
+    hist = torch.zeros(2, 2, RUD_BINS, dtype=torch.float64)  # replaced-unit scores of clean / swapped tokens: all
+    #                                                            word tokens, the tokens of the swapped kinds
     for batch in loader:
         batch = to_device(prepare_batch(batch, g, tokenizer.mask_token_id, vocab_range, p), device)
         with amp_context(device, cfg["train"]["amp"]):
@@ -243,22 +246,24 @@ def evaluate_pretrain(model, loader, device, cfg, tokenizer):
         word_neg = batch["itm_kind"] == 2 if "itm_kind" in batch else torch.zeros_like(itm_hit)
         sums += torch.tensor([itm_hit.sum().item(), b, losses["mlm"].item() * b, losses["itm"].item() * b,
                               (itm_hit & word_neg).sum().item(), word_neg.sum().item()], dtype=torch.float64)
-        hist += rud_histogram(out, batch)
+        hist[0] += rud_histogram(out, batch)
+        if "rud_kind_mask" in batch:
+            hist[1] += rud_histogram(out, batch, batch["rud_kind_mask"])
     if dist.is_dist():
         stacked = torch.cat([counts.flatten(), sums, hist.flatten()]).to(device)
         torch.distributed.all_reduce(stacked)
         counts, sums, hist = (part.cpu() for part in stacked.split([counts.numel(), sums.numel(), hist.numel()]))
-        counts, hist = counts.view(3, n_kinds + 1), hist.view(2, RUD_BINS)
-    return pretrain_metrics(counts, sums, hist)
+        counts, hist = counts.view(3, n_kinds + 1), hist.view(2, 2, RUD_BINS)
+    return pretrain_metrics(counts, sums, hist[0], hist[1])
 
 
-def rud_histogram(out, batch):
-    """(2, RUD_BINS) counts of the replaced-unit logits of the masked tokens in bins of 0.1 over [-10, 10] (the
-    ends open), row 0 clean, row 1 swapped (zeros without ``pretrain.rud_weight``): rank statistics that sum over
-    batches and processes; the middle bin edge is logit 0 = probability 0.5."""
+def rud_histogram(out, batch, mask=None):
+    """(2, RUD_BINS) counts of the replaced-unit logits of the tokens of ``mask`` (default ``batch["rud_mask"]``) in
+    bins of 0.1 over [-10, 10] (the ends open), row 0 clean, row 1 swapped (zeros without ``pretrain.rud_weight``):
+    rank statistics that sum over batches and processes; the middle bin edge is logit 0 = probability 0.5."""
     hist = torch.zeros(2, RUD_BINS, dtype=torch.float64)
     if "rud_logits" in out:
-        mask = batch["rud_mask"]
+        mask = batch["rud_mask"] if mask is None else mask
         scaled = (out["rud_logits"][mask].float() + RUD_RANGE) / (2 * RUD_RANGE) * RUD_BINS
         bins = scaled.floor().long().clamp(0, RUD_BINS - 1).cpu()
         hist.index_put_((batch["rud_labels"][mask].long().cpu(), bins), torch.ones(bins.numel(), dtype=hist.dtype),
@@ -285,12 +290,15 @@ def _pct(a, n):
     return round(100.0 * float(a) / float(n), 2) if n > 0 else None
 
 
-def pretrain_metrics(counts, sums, rud_hist=None):
-    """Flat dict of percentages and losses from ``evaluate_pretrain``'s counters."""
+def pretrain_metrics(counts, sums, rud_hist=None, rud_kind_hist=None):
+    """Flat dict of percentages and losses from ``evaluate_pretrain``'s counters; ``rud_auc/swapped_kinds`` is the
+    detector's token AUC over the tokens of the kinds a unit may be swapped from (``pretrain.word_neg_kinds``)."""
+    empty = torch.zeros(2, RUD_BINS)
     metrics = {"mlm_acc": _pct(counts[0, -1], counts[2, -1]), "mlm_acc_swapped": _pct(counts[1, -1], counts[2, -1]),
                "itm_acc": _pct(sums[0], sums[1]), "mlm_loss": float(sums[2] / max(sums[1], 1)),
                "itm_loss": float(sums[3] / max(sums[1], 1)), "itm_acc/word_negatives": _pct(sums[4], sums[5]),
-               **rud_scores(torch.zeros(2, RUD_BINS) if rud_hist is None else rud_hist)}
+               **rud_scores(empty if rud_hist is None else rud_hist),
+               "rud_auc/swapped_kinds": rud_scores(empty if rud_kind_hist is None else rud_kind_hist)["rud_auc"]}
     for k, kind in enumerate(KINDS):
         metrics[f"mlm_acc/{kind}"] = _pct(counts[0, k], counts[2, k])
         metrics[f"mlm_acc_swapped/{kind}"] = _pct(counts[1, k], counts[2, k])
@@ -302,11 +310,33 @@ def format_pretrain_metrics(m):
     kinds = ", ".join(f"{kind} {m[f'mlm_acc/{kind}']}/{m[f'mlm_acc_swapped/{kind}']}" for kind in KINDS
                       if m[f"masked/{kind}"])
     word = m.get("itm_acc/word_negatives")
-    rud = (f"replaced-unit detection token AUC {m['rud_auc']}%, P/R/F1 {m['rud_precision']}/{m['rud_recall']}/"
-           f"{m['rud_f1']}%, " if m.get("rud_auc") is not None else "")
+    within = m.get("rud_auc/swapped_kinds")
+    rud = "" if m.get("rud_auc") is None else (
+        f"replaced-unit detection token AUC {m['rud_auc']}%"
+        + (f" (tokens of the swapped kinds {within}%)" if within is not None else "")
+        + f", P/R/F1 {m['rud_precision']}/{m['rud_recall']}/{m['rud_f1']}%, ")
     return (f"val MLM acc {m['mlm_acc']}% (true/swapped image: {kinds}); ITM acc {m['itm_acc']}%"
             + (f" (one-word negatives {word}%)" if word is not None else "") + ", " + rud +
             f"losses mlm {m['mlm_loss']:.3f} itm {m['itm_loss']:.3f}")
+
+
+def check_pretrain_options(p, data_root):
+    """One ``ConfigError`` for a combination of ``pretrain.*`` options that cannot work together."""
+    if p["rud_weight"] > 0 and not p["itm_word_neg_prob"] > 0:
+        raise ConfigError("pretrain.rud_weight > 0 reads the one-unit ITM negatives: "
+                          "set pretrain.itm_word_neg_prob > 0")
+    if p["itm_word_neg_prob"] > 0 and not p["word_neg_kinds"]:
+        raise ConfigError("pretrain.word_neg_kinds is empty: the one-unit ITM negatives (pretrain.itm_word_neg_prob) "
+                          "need at least one kind to swap")
+    if set(p["word_neg_kinds"]) != set(PICTURED_KINDS) and not p["word_kinds"]:
+        raise ConfigError("pretrain.word_neg_kinds limits the swapped units to kinds that pretrain.word_kinds lists: "
+                          "set it (make_synthetic.py writes word_kinds.json)")
+    if kind_mlm_probs(p) and not p["word_kinds"]:
+        raise ConfigError("pretrain.kind_mlm_prob sets a rate per word kind, which pretrain.word_kinds lists: set it "
+                          "(make_synthetic.py writes word_kinds.json)")
+    if p["word_kinds"]:
+        require(os.path.join(data_root, p["word_kinds"]), "word-kind list",
+                "preprocess/make_synthetic.py writes word_kinds.json; or set pretrain.word_kinds to null")
 
 
 def run(args):
@@ -314,15 +344,7 @@ def run(args):
     otherwise), then pre-train."""
     cfg = load_entry_config(args.config, args.opts)
     check_inputs(cfg, [], args.config, args.opts, pretrained=True, files=cfg["pretrain"]["files"])
-    if cfg["pretrain"]["rud_weight"] > 0 and not cfg["pretrain"]["itm_word_neg_prob"] > 0:
-        raise ConfigError("pretrain.rud_weight > 0 reads the one-unit ITM negatives: "
-                          "set pretrain.itm_word_neg_prob > 0")
-    if kind_mlm_probs(cfg["pretrain"]) and not cfg["pretrain"]["word_kinds"]:
-        raise ConfigError("pretrain.kind_mlm_prob sets a rate per word kind, which pretrain.word_kinds lists: set it "
-                          "(make_synthetic.py writes word_kinds.json)")
-    if cfg["pretrain"]["word_kinds"]:
-        require(os.path.join(cfg["data"]["root"], cfg["pretrain"]["word_kinds"]), "word-kind list",
-                "preprocess/make_synthetic.py writes word_kinds.json; or set pretrain.word_kinds to null")
+    check_pretrain_options(cfg["pretrain"], cfg["data"]["root"])
     main(cfg, args.restart_if_stale, args.export_now)
 
 

@@ -38,9 +38,10 @@ from torch.utils.data import Dataset
 
 from datasets.caches import read_json_text
 from datasets.records import RecordError
+from utils.config import PICTURED_KINDS
 from utils.errors import BadInputError, MissingDataError
 
-KINDS = ("names", "expressions", "colours", "places", "other")
+KINDS = (*PICTURED_KINDS, "other")
 ITEM_KEYS = ("index", "image", "input_ids", "attention_mask", "content_mask", "word_index")
 
 

@@ -94,6 +94,13 @@ def test_validation_auc_and_f1_from_score_histograms():
     assert scores["rud_f1"] == pytest.approx(100 * 2 * tp / (2 * tp + fp + fn), abs=0.01)
     counts, sums = torch.ones(3, 5, dtype=torch.float64), torch.tensor([1, 2, 0.0, 0.0, 0, 0], dtype=torch.float64)
     report = format_pretrain_metrics(pretrain_metrics(counts, sums, hist))
-    assert f"replaced-unit detection token AUC {scores['rud_auc']}%" in report
+    assert f"replaced-unit detection token AUC {scores['rud_auc']}%," in report  # no kind-limited AUC given
+    within = mask & (torch.arange(40) % 2 == 0)  # a second token set, e.g. the tokens of the swapped kinds
+    kind_hist = rud_histogram({"rud_logits": logits}, batch, within)
+    assert kind_hist.sum() == within.sum()
+    exact_within = 100 * roc_auc_score(labels[within].numpy(), logits[within].numpy())
+    both = pretrain_metrics(counts, sums, hist, kind_hist)
+    assert both["rud_auc/swapped_kinds"] == pytest.approx(exact_within, abs=1.0)
+    assert f"(tokens of the swapped kinds {both['rud_auc/swapped_kinds']}%)" in format_pretrain_metrics(both)
     off = pretrain_metrics(counts, sums)
     assert off["rud_auc"] is None and "replaced-unit" not in format_pretrain_metrics(off)

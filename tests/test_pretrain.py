@@ -1,6 +1,7 @@
 """METER-style pre-training (pretrain.py): masking and ITM pairing rules, pristine-only data, the METER-format export
 loaded back through models/pretrained.py to 1e-6, and pretrain.py end to end (export, reuse, stale refusal, restart).
 """
+import copy
 import json
 import os
 import subprocess
@@ -11,7 +12,15 @@ import torch
 
 from datasets.audit import audit_run
 from datasets.dgm4 import build_dataset
-from datasets.pretrain import PristinePairs, content_units, itm_pairs, load_word_kinds, mask_tokens, word_swap_negatives
+from datasets.pretrain import (
+    KINDS,
+    PristinePairs,
+    content_units,
+    itm_pairs,
+    load_word_kinds,
+    mask_tokens,
+    word_swap_negatives,
+)
 from datasets.records import RecordError
 from datasets.text import tokenizer_for
 from losses.meter import meter_losses
@@ -20,10 +29,11 @@ from models.meter_export import meter_state_dict, save_meter_checkpoint, timm_to
 from models.meter_heads import MeterPretrainer
 from models.pretrained_keys import PretrainedKeyError, clip_visual_name
 from models.pretrained_load import load_meter_heads, load_pretrained
+from pretrain import check_pretrain_options, prepare_batch
 from tests.conftest import ROOT, run_script, tiny_opts
 from tests.test_backbone import TINY_CFA, TINY_HIDDEN, TINY_TEXT, TINY_VIT, randomize_, tiny_batch
-from utils.config import load_config
-from utils.errors import BadInputError
+from utils.config import DEFAULTS, load_config
+from utils.errors import BadInputError, ConfigError
 
 
 def _words_batch(b=64, length=30, n_words=20, seed=0):
@@ -159,6 +169,26 @@ def test_word_swap_negatives_replace_one_unit_of_the_own_caption_by_one_of_its_k
     plain = itm_pairs(ids, torch.Generator().manual_seed(0), neg_prob=0.5)
     none = word_swap_negatives(batch, *plain, torch.Generator().manual_seed(1), word_prob=0.0)
     assert torch.equal(none[0], ids[plain[0]]) and torch.equal(none[2], plain[1]) and not (none[3] == 2).any()
+
+
+def test_word_neg_kinds_limit_the_swapped_units_to_those_kinds():
+    ids, mask, word_index, content = _words_batch(b=64, seed=4)
+    kind = torch.where(word_index >= 0, word_index % 5, torch.full_like(word_index, -1))  # KINDS index per word
+    batch = {"input_ids": ids, "attention_mask": mask, "content_mask": content, "word_index": word_index,
+             "word_kind": kind}
+    p = dict(copy.deepcopy(DEFAULTS["pretrain"]), word_kinds="kinds.json", itm_neg_prob=1.0, itm_word_neg_prob=1.0,
+             rud_weight=1.0, word_neg_kinds=["expressions"])
+    out = prepare_batch(batch, torch.Generator().manual_seed(0), 3, (5, 100), p)
+    swapped = out["rud_labels"] > 0
+    assert (out["itm_kind"] == 2).sum() > 10 and swapped.any()
+    assert (kind[swapped] == KINDS.index("expressions")).all()  # every swapped token was an expression word
+    p["word_neg_kinds"] = ["expressions", "colours"]
+    both = prepare_batch(batch, torch.Generator().manual_seed(0), 3, (5, 100), p)
+    assert set(kind[both["rud_labels"] > 0].tolist()) == {KINDS.index("expressions"), KINDS.index("colours")}
+    with pytest.raises(ConfigError, match="pretrain.word_neg_kinds is empty"):
+        check_pretrain_options(dict(p, word_neg_kinds=[]), "data")
+    with pytest.raises(ConfigError, match="limits the swapped units to kinds that pretrain.word_kinds lists"):
+        check_pretrain_options(dict(p, word_kinds=None), "data")
 
 
 def test_word_kinds_file_maps_words_to_kinds_and_refuses_unknown_kinds(tmp_path):
@@ -330,9 +360,11 @@ def test_pretrain_script_exports_reuses_and_refuses(tiny_benchmark, tmp_path):
                                "pretrain.kind_mlm_prob.expressions=0.9"], cwd=ROOT, capture_output=True, text=True)
     assert no_kinds.returncode != 0 and "which pretrain.word_kinds lists" in no_kinds.stderr
     restart = run_script(*_pretrain(tiny_benchmark, out), "pretrain.mlm_prob=0.3", "pretrain.itm_word_neg_prob=0.5",
-                         "pretrain.rud_weight=5", "pretrain.kind_mlm_prob.expressions=1.0", "--restart-if-stale")
+                         "pretrain.rud_weight=5", "pretrain.kind_mlm_prob.expressions=1.0",
+                         "pretrain.word_neg_kinds=[names, colours]", "--restart-if-stale")
     assert "starting over" in restart.stdout and "exported" in restart.stdout
     assert "one-word negatives" in restart.stdout and "replaced-unit detection token AUC" in restart.stdout
+    assert "(tokens of the swapped kinds " in restart.stdout
     report = run_script("-m", "models.pretrained", "--config", "configs/debug.yaml", "--opts",
                         f"pretrained.meter={ckpt}", f"data.tokenizer={tiny_benchmark['tokenizer']}")
     assert "left over itm_score: 2 keys" in report.stdout and "rud" not in report.stdout  # export: METER's keys

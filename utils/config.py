@@ -34,6 +34,8 @@ from utils.io import atomic_write
 
 # The ops RandomAugment may draw (datasets/transforms.py): ALBEF's RandAugment restricted as in the field's pipeline.
 AUGMENT_OPS = ("Identity", "AutoContrast", "Equalize", "Brightness", "Sharpness")
+# The word kinds of a pre-training word-kinds file that a picture shows (datasets/pretrain.py KINDS adds "other").
+PICTURED_KINDS = ("names", "expressions", "colours", "places")
 
 # Every key the code reads. Sizes here are paper size (section 3.2 of the CIEC paper);
 # configs/demo.yaml shrinks them.
@@ -154,6 +156,7 @@ DEFAULTS = {
         "itm_neg_prob": 0.5,                  # METER: half of the pairs get another image's caption
         "itm_word_neg_prob": 0.0,             # 0 = METER; > 0: this share of the negatives is the image's own
                                               # caption with one unit (word, whole name) swapped (harder negatives)
+        "word_neg_kinds": list(PICTURED_KINDS),  # the kinds (word_kinds) whose units those negatives swap
         "itc_dim": None,                      # null = METER (MLM + ITM); an int: add ALBEF's contrastive ITC loss on
                                               # the unimodal [CLS] features, projected to this size (not METER's)
         "rud_weight": 0.0,                    # 0 = METER; > 0: add replaced-unit detection (a per-token BCE on the
@@ -200,8 +203,9 @@ RULES = {
     "eval.batch_size": _SIZE, "eval.split": choice("train", "val", "test"),
     "pretrain.files": PATHS, "pretrain.val_size": _SIZE, "pretrain.word_kinds": optional(TEXT),
     "pretrain.mlm_prob": FRACTION, "pretrain.content_mlm_prob": optional(FRACTION),
-    **{f"pretrain.kind_mlm_prob.{kind}": optional(FRACTION) for kind in ("names", "expressions", "colours", "places")},
+    **{f"pretrain.kind_mlm_prob.{kind}": optional(FRACTION) for kind in PICTURED_KINDS},
     "pretrain.itm_neg_prob": FRACTION, "pretrain.itm_word_neg_prob": FRACTION,
+    "pretrain.word_neg_kinds": subset_of(*PICTURED_KINDS),
     "pretrain.val_seed": _COUNT, "pretrain.itc_dim": optional(_SIZE),
     "pretrain.rud_weight": NON_NEGATIVE,
 }
