@@ -249,8 +249,9 @@ def _ax(x, y):
     return max(1, int(round(x))), max(1, int(round(y)))
 
 
-def draw_face(img, face):
-    """Shirt, neck, hair, head, eyes, brows, mouth (expression) and accessory of one person."""
+def draw_face(img, face, feature_scale=1.0):
+    """Shirt, neck, hair, head, eyes, brows, mouth (expression) and accessory of one person; ``feature_scale``
+    multiplies the stroke width of the brows and the mouth (the expression's strokes)."""
     ident = CAST[face["id"]]
     cx, cy, a, b = face["cx"], face["cy"], face["a"], face["b"]
     skin, hair = SKINS[ident["skin"]], HAIR[face["hair"]]
@@ -269,12 +270,12 @@ def draw_face(img, face):
             cv2.circle(img, _pt(cx + dx * a, cy - 0.95 * b + abs(dx) * 0.4 * b), max(2, int(0.3 * a)), hair, -1)
     elif style == "bald":
         cv2.ellipse(img, _pt(cx, cy - 0.1 * b), _ax(1.02 * a, 0.5 * b), 0, 160, 200, hair, max(1, int(0.12 * a)))
-    _draw_features(img, cx, cy, a, b, face["expr"])
+    _draw_features(img, cx, cy, a, b, face["expr"], feature_scale)
     _draw_accessory(img, cx, cy, a, b, ident["accessory"])
 
 
-def _draw_features(img, cx, cy, a, b, expr):
-    eye_r, thick = max(1, int(0.13 * a)), max(1, int(0.08 * a))
+def _draw_features(img, cx, cy, a, b, expr, scale=1.0):
+    eye_r, thick = max(1, int(0.13 * a)), max(1, int(0.08 * a * scale))
     for s in (-1, 1):
         cv2.circle(img, _pt(cx + s * 0.4 * a, cy - 0.1 * b), eye_r, (30, 25, 25), -1)
         lift = {"surprised": 0.42, "frowning": 0.25}.get(expr, 0.32)
@@ -322,11 +323,12 @@ def apply_trace(img, box, rng, kind, strength):
     roi[:] = np.clip(out, 0, 255).astype(np.uint8)
 
 
-def render(rng, w, h, place, faces, manip=None, strength=STRENGTH, distractor_trace=DISTRACTOR_TRACE):
+def render(rng, w, h, place, faces, manip=None, strength=STRENGTH, distractor_trace=DISTRACTOR_TRACE,
+           feature_scale=1.0):
     """Background, faces, camera noise, then (if ``manip``) the trace in the manipulated face's box."""
     img = draw_background(rng, w, h, place, distractor_trace)
     for face in faces:
-        draw_face(img, face)
+        draw_face(img, face, feature_scale)
     img = np.clip(img + _crop_noise(rng, h, w) // 3, 0, 255).astype(np.uint8)
     trace_rng = np.random.default_rng(rng.integers(2 ** 63))
     if manip is not None:
@@ -485,7 +487,8 @@ def image_path(rec_id, fake_cls, rng):
     return f"DGM4/origin/{source}/{rec_id // 1000:04d}/{rec_id}.jpg"
 
 
-def make_sample(seed, split, index, strength=STRENGTH, distractor_trace=DISTRACTOR_TRACE, face_area=FACE_AREA):
+def make_sample(seed, split, index, strength=STRENGTH, distractor_trace=DISTRACTOR_TRACE, face_area=FACE_AREA,
+                feature_scale=1.0):
     """Build one sample in memory: (record, image RGB uint8, extras for statistics and tests)."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     if split in PRISTINE_SPLITS:
@@ -510,7 +513,7 @@ def make_sample(seed, split, index, strength=STRENGTH, distractor_trace=DISTRACT
         changed = swap_attribute(rng, slots, template)
     text, owner = render_caption(template, {**slots, **changed})
     fake_pos = sorted(i for s in changed for i in owner[s])
-    img = render(rng, w, h, place, faces, manip, strength, distractor_trace)
+    img = render(rng, w, h, place, faces, manip, strength, distractor_trace, feature_scale)
     rec_id = ID_BASE[split] + index
     record = {"id": rec_id, "image": image_path(rec_id, fake_cls, rng), "text": text, "fake_cls": fake_cls,
               "fake_image_box": fake_box, "fake_text_pos": fake_pos,
@@ -623,6 +626,8 @@ def parse_args(argv=None):
                    help="share of background distractor shapes that carry trace-like blocky noise")
     p.add_argument("--face-area", type=float, nargs=2, default=list(FACE_AREA), metavar=("MIN", "MAX"),
                    help="range of face box area / image area, drawn log-uniformly (then limited by the layout)")
+    p.add_argument("--feature-scale", type=float, default=1.0,
+                   help="stroke width of the brows and the mouth (the expression) x this (docs/synthetic_benchmark.md)")
     p.add_argument("--jpeg-quality", type=int, default=90)
     p.add_argument("--overwrite", action="store_true",
                    help="if DIR holds a benchmark generated with other settings, delete it and its caches first")
@@ -630,6 +635,8 @@ def parse_args(argv=None):
     for split in BENCHMARK_SPLITS + ("pretrain",):
         if getattr(args, split) < 0:
             p.error(f"--{split} needs a count >= 0, got {getattr(args, split)}")
+    if not args.feature_scale > 0:
+        p.error(f"--feature-scale needs a number > 0, got {args.feature_scale}")
     if not 0.0 < args.face_area[0] <= args.face_area[1] < 1.0:
         p.error(f"--face-area needs 0 < MIN <= MAX < 1, got {args.face_area}")
     return args
@@ -647,9 +654,12 @@ def settings(args):
     splits = {s: getattr(args, s) for s in BENCHMARK_SPLITS}
     if args.pretrain > 0:
         splits["pretrain"] = args.pretrain
-    return {"seed": args.seed, "splits": splits,
-            "trace_strength": args.trace_strength, "distractor_trace": args.distractor_trace,
-            "face_area": list(args.face_area), "jpeg_quality": args.jpeg_quality}
+    out = {"seed": args.seed, "splits": splits,
+           "trace_strength": args.trace_strength, "distractor_trace": args.distractor_trace,
+           "face_area": list(args.face_area), "jpeg_quality": args.jpeg_quality}
+    if args.feature_scale != 1.0:  # recorded only when set, as "pretrain": older folders keep their settings
+        out["feature_scale"] = args.feature_scale
+    return out
 
 
 def check_previous(args):
@@ -691,7 +701,7 @@ def main(argv=None):
     for split in splits:  # pretrain last, with its own split code and ids: the benchmark bytes do not change
         records, small = generate_split(args.out, args.seed, split, getattr(args, split), args.workers,
                                         {"strength": args.trace_strength, "distractor_trace": args.distractor_trace,
-                                         "face_area": tuple(args.face_area)},
+                                         "face_area": tuple(args.face_area), "feature_scale": args.feature_scale},
                                         args.jpeg_quality)
         with open(os.path.join(args.out, "metadata", f"{split}.json"), "w") as f:
             json.dump(records, f)

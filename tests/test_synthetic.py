@@ -184,6 +184,28 @@ def test_face_area_knob():
         ms.parse_args(["--out", "x", "--face-area", "0.3", "0.1"])
 
 
+def test_feature_scale_knob():
+    """--feature-scale widens the strokes of the brows and the mouth only: the same records, and the pictures differ
+    inside face boxes alone; settings record it only when set (older folders keep theirs)."""
+    widened = 0
+    for i in range(12):
+        rec, img, extras = ms.make_sample(3, "train", i)
+        rec2, img2, _ = ms.make_sample(3, "train", i, feature_scale=2.5)
+        assert rec == rec2
+        diff = np.abs(img.astype(int) - img2.astype(int)).sum(-1)
+        inside = np.zeros(diff.shape, bool)
+        for x1, y1, x2, y2 in extras["faces"]:
+            inside[y1:y2, x1:x2] = True
+        assert diff[~inside].max() == 0, rec["id"]
+        widened += int((diff[inside] > 0).sum() > 20)
+    assert widened == 12
+    args = ms.parse_args(["--out", "x", "--feature-scale", "2.5"])
+    assert ms.settings(args)["feature_scale"] == 2.5
+    assert "feature_scale" not in ms.settings(ms.parse_args(["--out", "x"]))
+    with pytest.raises(BadInputError, match="--feature-scale"):
+        ms.parse_args(["--out", "x", "--feature-scale", "0"])
+
+
 def test_regeneration_with_other_settings_needs_overwrite(tmp_path, capsys):
     """A second generation into the same folder: same settings pass (identical bytes, caches stay valid); other
     settings stop with the two settings named, since the caches continue by image path and would go stale;
