@@ -102,16 +102,24 @@ def meter_step(cfg, tokenizer, device, rank):
     p, seed = cfg["pretrain"], cfg["train"]["seed"]
     vocab_range = ordinary_token_range(tokenizer)
 
+    n_patches = num_patches(cfg)
+
     def compute(model, batch, state, micro):
         g = torch.Generator().manual_seed((seed * 1_000_003 + state.global_step * 1009 + micro) * 64 + rank)
-        batch = prepare_batch(batch, g, tokenizer.mask_token_id, vocab_range, p)
+        batch = prepare_batch(batch, g, tokenizer.mask_token_id, vocab_range, p, n_patches)
         batch = to_device(batch, device)
-        return meter_losses(model(batch), batch, p["rud_weight"])
+        return meter_losses(model(batch), batch, p["rud_weight"], p["mim_weight"])
     return compute
 
 
-def prepare_batch(batch, generator, mask_id, vocab_range, p):
-    """Add mlm_ids / mlm_labels (METER masking) and itm_text / itm_label (ITM pairing) to a CPU batch."""
+def num_patches(cfg):
+    """N, the ViT's patch count at ``data.image_size``."""
+    return (cfg["data"]["image_size"] // cfg["model"]["vit"]["patch_size"]) ** 2
+
+
+def prepare_batch(batch, generator, mask_id, vocab_range, p, n_patches=0):
+    """Add mlm_ids / mlm_labels (METER masking) and itm_text / itm_label (ITM pairing) to a CPU batch; with
+    ``pretrain.mim_weight`` also mim_mask (B, n_patches) bool, each patch masked with probability ``mim_ratio``."""
     mlm_ids, mlm_labels = mask_tokens(batch["input_ids"], batch["attention_mask"], batch["word_index"],
                                       batch["content_mask"], generator, mask_id, vocab_range, p["mlm_prob"],
                                       p["content_mlm_prob"], p["whole_word"], p["content_spans"],
@@ -126,6 +134,8 @@ def prepare_batch(batch, generator, mask_id, vocab_range, p):
         out["rud_labels"], out["rud_mask"] = replaced_unit_targets(batch, out["itm_ids"], out["itm_kind"])
         if kinds is not None:  # validation's second AUC: the tokens of the kinds a unit may be swapped from
             out["rud_kind_mask"] = out["rud_mask"] & torch.isin(batch["word_kind"], torch.tensor(kinds))
+    if p["mim_weight"] > 0:  # not METER's: SimMIM's masked image modelling (notes "Pre-training")
+        out["mim_mask"] = torch.rand(batch["input_ids"].shape[0], n_patches, generator=generator) < p["mim_ratio"]
     return out
 
 
@@ -139,7 +149,7 @@ def kind_mlm_probs(p):
 def build_pretrainer(cfg, tokenizer, device):
     backbone = build_backbone(cfg, pad_token_id=tokenizer.pad_token_id)
     model = MeterPretrainer(backbone, cfg["model"]["text"]["vocab_size"], itc_dim=cfg["pretrain"]["itc_dim"],
-                            rud=cfg["pretrain"]["rud_weight"] > 0)
+                            rud=cfg["pretrain"]["rud_weight"] > 0, mim=cfg["pretrain"]["mim_weight"] > 0)
     model.backbone.set_grad_checkpointing(grad_checkpointing_parts(cfg["train"]["grad_checkpointing"]))
     load_configured(model.backbone, cfg["pretrained"])
     if cfg["pretrained"]["meter"]:  # a continued pre-training keeps the MLM and ITM heads trained with the backbone
@@ -208,7 +218,7 @@ def report_epoch(log, cfg, state, stats, metrics, seconds):
                **{f"train/{k}": v for k, v in stats.items()}, **{f"val/{k}": v for k, v in metrics.items()}})
     print(f"epoch {state.epoch}/{cfg['train']['epochs']} ({seconds:.0f}s, step {state.global_step}): "
           f"loss {stats['loss']:.4f} (mlm {stats['mlm']:.4f}, itm {stats['itm']:.4f}"
-          + "".join(f", {k} {stats[k]:.4f}" for k in ("itc", "rud") if k in stats) + "); "
+          + "".join(f", {k} {stats[k]:.4f}" for k in ("itc", "rud", "mim") if k in stats) + "); "
           + format_pretrain_metrics(metrics), flush=True)
 
 
@@ -223,17 +233,17 @@ def evaluate_pretrain(model, loader, device, cfg, tokenizer):
     g = torch.Generator().manual_seed(p["val_seed"])
     vocab_range, n_kinds = ordinary_token_range(tokenizer), len(KINDS)
     counts = torch.zeros(3, n_kinds + 1, dtype=torch.float64)   # correct (true image), correct (swapped), total
-    sums = torch.zeros(6, dtype=torch.float64)  # itm correct, pairs, mlm loss x n, itm loss x n, the same two counts
-    #                                             on one-word negatives (pretrain.itm_word_neg_prob)
+    sums = torch.zeros(7, dtype=torch.float64)  # itm correct, pairs, mlm loss x n, itm loss x n, the same two counts
+    #                                             on one-word negatives (pretrain.itm_word_neg_prob), mim loss x n
     hist = torch.zeros(2, 2, RUD_BINS, dtype=torch.float64)  # replaced-unit scores of clean / swapped tokens: all
     #                                                            word tokens, the tokens of the swapped kinds
     for batch in loader:
-        batch = to_device(prepare_batch(batch, g, tokenizer.mask_token_id, vocab_range, p), device)
+        batch = to_device(prepare_batch(batch, g, tokenizer.mask_token_id, vocab_range, p, num_patches(cfg)), device)
         with amp_context(device, cfg["train"]["amp"]):
             out = model(batch)
             swapped = model.mlm_logits(batch["image"].roll(1, 0), batch["mlm_ids"], batch["attention_mask"],
                                        batch["mlm_labels"])
-        losses = meter_losses(out, batch, p["rud_weight"])
+        losses = meter_losses(out, batch, p["rud_weight"], p["mim_weight"])
         kind = batch["word_kind"][batch["mlm_labels"] != -100].clamp(min=0).cpu()
         for row, logits in enumerate((out["mlm_logits"], swapped)):
             hit = (logits.argmax(-1) == out["mlm_labels"]).double().cpu()
@@ -245,7 +255,8 @@ def evaluate_pretrain(model, loader, device, cfg, tokenizer):
         itm_hit = out["itm_logits"].argmax(-1) == batch["itm_label"]
         word_neg = batch["itm_kind"] == 2 if "itm_kind" in batch else torch.zeros_like(itm_hit)
         sums += torch.tensor([itm_hit.sum().item(), b, losses["mlm"].item() * b, losses["itm"].item() * b,
-                              (itm_hit & word_neg).sum().item(), word_neg.sum().item()], dtype=torch.float64)
+                              (itm_hit & word_neg).sum().item(), word_neg.sum().item(),
+                              losses["mim"].item() * b if "mim" in losses else 0.0], dtype=torch.float64)
         hist[0] += rud_histogram(out, batch)
         if "rud_kind_mask" in batch:
             hist[1] += rud_histogram(out, batch, batch["rud_kind_mask"])
@@ -298,7 +309,8 @@ def pretrain_metrics(counts, sums, rud_hist=None, rud_kind_hist=None):
                "itm_acc": _pct(sums[0], sums[1]), "mlm_loss": float(sums[2] / max(sums[1], 1)),
                "itm_loss": float(sums[3] / max(sums[1], 1)), "itm_acc/word_negatives": _pct(sums[4], sums[5]),
                **rud_scores(empty if rud_hist is None else rud_hist),
-               "rud_auc/swapped_kinds": rud_scores(empty if rud_kind_hist is None else rud_kind_hist)["rud_auc"]}
+               "rud_auc/swapped_kinds": rud_scores(empty if rud_kind_hist is None else rud_kind_hist)["rud_auc"],
+               "mim_loss": float(sums[6] / max(sums[1], 1)) if sums.numel() > 6 and sums[6] > 0 else None}
     for k, kind in enumerate(KINDS):
         metrics[f"mlm_acc/{kind}"] = _pct(counts[0, k], counts[2, k])
         metrics[f"mlm_acc_swapped/{kind}"] = _pct(counts[1, k], counts[2, k])
@@ -317,7 +329,8 @@ def format_pretrain_metrics(m):
         + f", P/R/F1 {m['rud_precision']}/{m['rud_recall']}/{m['rud_f1']}%, ")
     return (f"val MLM acc {m['mlm_acc']}% (true/swapped image: {kinds}); ITM acc {m['itm_acc']}%"
             + (f" (one-word negatives {word}%)" if word is not None else "") + ", " + rud +
-            f"losses mlm {m['mlm_loss']:.3f} itm {m['itm_loss']:.3f}")
+            f"losses mlm {m['mlm_loss']:.3f} itm {m['itm_loss']:.3f}"
+            + (f" mim {m['mim_loss']:.3f}" if m.get("mim_loss") is not None else ""))
 
 
 def check_pretrain_options(p, data_root):

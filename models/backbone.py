@@ -104,12 +104,17 @@ class Backbone(nn.Module):
             self.text_transformer.activation_checkpointing_disable()
         self.cfa.grad_checkpointing = "cfa" in parts
 
-    def encode_image(self, image):
-        """(B,3,S,S) -> V = [V_cls, V_pat] (B,1+N,Dv); with ``local_radius`` every block gets ``vit_attn_mask``."""
+    def encode_image(self, image, patch_mask=None, mask_token=None):
+        """(B,3,S,S) -> V = [V_cls, V_pat] (B,1+N,Dv); with ``local_radius`` every block gets ``vit_attn_mask``.
+        ``patch_mask`` (B,N) bool (pre-training's masked image modelling only): those patch embeddings are replaced
+        by ``mask_token`` (1,1,Dv) before the position embedding (SimMIM's input masking)."""
         vit = self.vit_model
-        if self.vit_attn_mask is None:
+        if self.vit_attn_mask is None and patch_mask is None:
             return vit.forward_features(image)
-        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(image))))
+        x = vit.patch_embed(image)
+        if patch_mask is not None:
+            x = torch.where(patch_mask[..., None], mask_token.to(x.dtype).expand_as(x), x)
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(x)))
         for block in vit.blocks:
             if vit.grad_checkpointing and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(block, x, attn_mask=self.vit_attn_mask, use_reentrant=False)

@@ -22,7 +22,14 @@ Attribute names are METER's, so ``models/meter_export.py`` writes ``mlm_score.*`
   VCTG's coarse head (paper 2.4.1) projects the same T-hat, so what RUD teaches must be linearly readable there.
   Input (B,L,D), output (B,L). A pre-training head only: the METER export leaves it out.
 
-``MeterPretrainer(backbone, vocab_size, itc_dim=None, rud=False)`` runs METER's two objectives (and ITC) in one forward:
+- ``MIMHead`` (optional, ``pretrain.mim_weight``; NOT part of METER): SimMIM's masked image modelling (Xie et al.,
+  CVPR 2022): a learned ``mask_token`` (1,1,Dv) replaces the embeddings of the masked patches at the ViT's input and
+  ``fc`` Linear(Dv, 3p^2) predicts each masked patch's pixels (normalised as the model sees them) from the ViT's
+  output at that patch. It gives every patch a local objective of its own (docs/implementation_notes.md
+  "Pre-training"). Input (B,N,Dv), output (B,N,3p^2). A pre-training head only: the METER export leaves it out.
+
+``MeterPretrainer(backbone, vocab_size, itc_dim=None, rud=False, mim=False)`` runs METER's two objectives (and ITC)
+in one forward:
 
     batch: image (B,3,S,S); mlm_ids, input_ids, attention_mask (B,L); mlm_labels (B,L) (-100 off masked
            tokens); itm_text (B,) long: the batch row whose caption is paired with image i for ITM; or, with
@@ -32,6 +39,8 @@ Attribute names are METER's, so ``models/meter_export.py`` writes ``mlm_score.*`
     -> {"mlm_logits": (M,V) at the M masked positions, "mlm_labels": (M,), "itm_logits": (B,2)}
        + {"itc_logits": (B,B)} with ``itc_dim`` (ITCHead on V[:, 0] and the plain captions' T[:, 0])
        + {"rud_logits": (B,L)} with ``rud`` (RUDHead on the ITM pairs' T-hat)
+       + {"mim_pred", "mim_target": (K,3p^2)} with ``mim`` and a ``mim_mask`` (B,N) bool in the batch: a second
+         ViT pass on the masked picture, at its K masked patches
 
 The two losses are in ``losses/meter.py``.
 
@@ -102,12 +111,30 @@ class RUDHead(nn.Module):
         return self.fc(t_hat).squeeze(-1)
 
 
+class MIMHead(nn.Module):
+    def __init__(self, embed_dim, patch_size):
+        super().__init__()
+        self.patch_size = patch_size
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.fc = nn.Linear(embed_dim, 3 * patch_size * patch_size)
+
+    def forward(self, patch_feats):
+        return self.fc(patch_feats)
+
+    def targets(self, image):
+        """(B,3,S,S) -> (B,N,3p^2) pixels per patch, patches row-major as the ViT's patch embedding orders them."""
+        p = self.patch_size
+        b = image.shape[0]
+        return image.unfold(2, p, p).unfold(3, p, p).permute(0, 2, 3, 1, 4, 5).reshape(b, -1, 3 * p * p)
+
+
 class MeterPretrainer(nn.Module):
     """CIEC backbone (ViT + RoBERTa + CFA) with METER's ``mlm_score`` and ``itm_score`` (and, with ``itc_dim``,
     ALBEF's contrastive ``itc_score``, and with ``rud`` the replaced-unit detector ``rud_score``); see the module
     doc."""
 
-    def __init__(self, backbone, vocab_size, itc_dim=None, rud=False):
+    def __init__(self, backbone, vocab_size, itc_dim=None, rud=False, mim=False):
         super().__init__()
         hidden = backbone.cfa.token_type_embeddings.embedding_dim
         self.backbone = backbone
@@ -120,6 +147,8 @@ class MeterPretrainer(nn.Module):
             text_dim = backbone.text_transformer.config.hidden_size
             self.itc_score = ITCHead(backbone.vit_model.embed_dim, text_dim, itc_dim)
         self.rud_score = RUDHead(hidden).apply(init_meter_weights) if rud else None
+        vit = backbone.vit_model
+        self.mim_score = MIMHead(vit.embed_dim, vit.patch_embed.patch_size[0]) if mim else None
 
     def forward(self, batch):
         image_feats = self.backbone.encode_image(batch["image"])
@@ -143,6 +172,11 @@ class MeterPretrainer(nn.Module):
             out["itc_logits"] = self.itc_score(image_feats[:, 0], text[b:2 * b, 0]).float()
         if self.rud_score is not None:
             out["rud_logits"] = self.rud_score(fused["t_hat"][b:]).float()
+        if self.mim_score is not None and "mim_mask" in batch:
+            masked_patches = batch["mim_mask"]
+            feats = self.backbone.encode_image(batch["image"], masked_patches, self.mim_score.mask_token)
+            out["mim_pred"] = self.mim_score(feats[:, 1:][masked_patches]).float()
+            out["mim_target"] = self.mim_score.targets(batch["image"])[masked_patches].float()
         return out
 
     def mlm_logits(self, image, mlm_ids, attention_mask, mlm_labels):

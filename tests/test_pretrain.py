@@ -361,10 +361,11 @@ def test_pretrain_script_exports_reuses_and_refuses(tiny_benchmark, tmp_path):
     assert no_kinds.returncode != 0 and "which pretrain.word_kinds lists" in no_kinds.stderr
     restart = run_script(*_pretrain(tiny_benchmark, out), "pretrain.mlm_prob=0.3", "pretrain.itm_word_neg_prob=0.5",
                          "pretrain.rud_weight=5", "pretrain.kind_mlm_prob.expressions=1.0",
-                         "pretrain.word_neg_kinds=[names, colours]", "--restart-if-stale")
+                         "pretrain.word_neg_kinds=[names, colours]", "pretrain.mim_weight=0.5", "--restart-if-stale")
     assert "starting over" in restart.stdout and "exported" in restart.stdout
     assert "one-word negatives" in restart.stdout and "replaced-unit detection token AUC" in restart.stdout
     assert "(tokens of the swapped kinds " in restart.stdout
+    assert ", mim " in restart.stdout and " itm " in restart.stdout.split("losses mlm")[-1]  # train and val MIM loss
     report = run_script("-m", "models.pretrained", "--config", "configs/debug.yaml", "--opts",
                         f"pretrained.meter={ckpt}", f"data.tokenizer={tiny_benchmark['tokenizer']}")
     assert "left over itm_score: 2 keys" in report.stdout and "rud" not in report.stdout  # export: METER's keys

@@ -161,6 +161,9 @@ DEFAULTS = {
                                               # the unimodal [CLS] features, projected to this size (not METER's)
         "rud_weight": 0.0,                    # 0 = METER; > 0: add replaced-unit detection (a per-token BCE on the
                                               # CFA text stream of the ITM pairs) at this weight (itm_word_neg_prob > 0)
+        "mim_weight": 0.0,                    # 0 = METER; > 0: add SimMIM's masked image modelling (pixels of the
+                                              # masked patches from a second ViT pass) at this weight
+        "mim_ratio": 0.5,                     # share of the patches masked for it
         "val_seed": 1234,                     # fixed masks and pairs of the validation set
     },
 }
@@ -207,7 +210,7 @@ RULES = {
     "pretrain.itm_neg_prob": FRACTION, "pretrain.itm_word_neg_prob": FRACTION,
     "pretrain.word_neg_kinds": subset_of(*PICTURED_KINDS),
     "pretrain.val_seed": _COUNT, "pretrain.itc_dim": optional(_SIZE),
-    "pretrain.rud_weight": NON_NEGATIVE,
+    "pretrain.rud_weight": NON_NEGATIVE, "pretrain.mim_weight": NON_NEGATIVE, "pretrain.mim_ratio": FRACTION,
 }
 
 
