@@ -100,9 +100,7 @@ def meter_step(cfg, tokenizer, device, rank):
     """The training step's losses: mask and pair on the CPU (generator of (seed, global step, micro-batch, rank)),
     then METER's two losses on the device."""
     p, seed = cfg["pretrain"], cfg["train"]["seed"]
-    vocab_range = ordinary_token_range(tokenizer)
-
-    n_patches = num_patches(cfg)
+    vocab_range, n_patches = ordinary_token_range(tokenizer), num_patches(cfg)
 
     def compute(model, batch, state, micro):
         g = torch.Generator().manual_seed((seed * 1_000_003 + state.global_step * 1009 + micro) * 64 + rank)
@@ -231,14 +229,14 @@ def evaluate_pretrain(model, loader, device, cfg, tokenizer):
     model.eval()
     p = cfg["pretrain"]
     g = torch.Generator().manual_seed(p["val_seed"])
-    vocab_range, n_kinds = ordinary_token_range(tokenizer), len(KINDS)
+    vocab_range, n_kinds, n_patches = ordinary_token_range(tokenizer), len(KINDS), num_patches(cfg)
     counts = torch.zeros(3, n_kinds + 1, dtype=torch.float64)   # correct (true image), correct (swapped), total
     sums = torch.zeros(7, dtype=torch.float64)  # itm correct, pairs, mlm loss x n, itm loss x n, the same two counts
     #                                             on one-word negatives (pretrain.itm_word_neg_prob), mim loss x n
     hist = torch.zeros(2, 2, RUD_BINS, dtype=torch.float64)  # replaced-unit scores of clean / swapped tokens: all
     #                                                            word tokens, the tokens of the swapped kinds
     for batch in loader:
-        batch = to_device(prepare_batch(batch, g, tokenizer.mask_token_id, vocab_range, p, num_patches(cfg)), device)
+        batch = to_device(prepare_batch(batch, g, tokenizer.mask_token_id, vocab_range, p, n_patches), device)
         with amp_context(device, cfg["train"]["amp"]):
             out = model(batch)
             swapped = model.mlm_logits(batch["image"].roll(1, 0), batch["mlm_ids"], batch["attention_mask"],
@@ -310,7 +308,7 @@ def pretrain_metrics(counts, sums, rud_hist=None, rud_kind_hist=None):
                "itm_loss": float(sums[3] / max(sums[1], 1)), "itm_acc/word_negatives": _pct(sums[4], sums[5]),
                **rud_scores(empty if rud_hist is None else rud_hist),
                "rud_auc/swapped_kinds": rud_scores(empty if rud_kind_hist is None else rud_kind_hist)["rud_auc"],
-               "mim_loss": float(sums[6] / max(sums[1], 1)) if sums.numel() > 6 and sums[6] > 0 else None}
+               "mim_loss": float(sums[6] / max(sums[1], 1)) if sums[6] > 0 else None}
     for k, kind in enumerate(KINDS):
         metrics[f"mlm_acc/{kind}"] = _pct(counts[0, k], counts[2, k])
         metrics[f"mlm_acc_swapped/{kind}"] = _pct(counts[1, k], counts[2, k])

@@ -113,7 +113,7 @@ class Backbone(nn.Module):
             return vit.forward_features(image)
         x = vit.patch_embed(image)
         if patch_mask is not None:
-            x = torch.where(patch_mask[..., None], mask_token.to(x.dtype).expand_as(x), x)
+            x = torch.where(patch_mask[..., None], mask_token.to(x.dtype), x)
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(x)))
         for block in vit.blocks:
             if vit.grad_checkpointing and torch.is_grad_enabled():

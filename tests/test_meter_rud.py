@@ -92,7 +92,7 @@ def test_validation_auc_and_f1_from_score_histograms():
     pred, true = logits[mask] > 0, labels[mask] > 0
     tp, fp, fn = (pred & true).sum().item(), (pred & ~true).sum().item(), (~pred & true).sum().item()
     assert scores["rud_f1"] == pytest.approx(100 * 2 * tp / (2 * tp + fp + fn), abs=0.01)
-    counts, sums = torch.ones(3, 5, dtype=torch.float64), torch.tensor([1, 2, 0.0, 0.0, 0, 0], dtype=torch.float64)
+    counts, sums = torch.ones(3, 5, dtype=torch.float64), torch.tensor([1, 2, 0.0, 0.0, 0, 0, 0.0], dtype=torch.float64)
     report = format_pretrain_metrics(pretrain_metrics(counts, sums, hist))
     assert f"replaced-unit detection token AUC {scores['rud_auc']}%," in report  # no kind-limited AUC given
     within = mask & (torch.arange(40) % 2 == 0)  # a second token set, e.g. the tokens of the swapped kinds

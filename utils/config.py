@@ -147,10 +147,9 @@ DEFAULTS = {
         "word_kinds": None,                   # JSON {kind: [words]}: MLM accuracy per kind, swap donors
         "mlm_prob": 0.15,                     # METER: 15% of the units, 80/10/10
         "content_mlm_prob": None,             # if set: selection probability of content words (M_c) instead
-        "kind_mlm_prob": {                    # if set: selection probability of the words of that kind (word_kinds),
-            "names": None, "expressions": None,  # over the two above (not METER's; a whole name follows its first
-            "colours": None, "places": None,     # word's draw with content_spans)
-        },
+        # if set: selection probability of the words of that kind (word_kinds), over the two above (not METER's; a
+        # whole name follows its first word's draw with content_spans)
+        "kind_mlm_prob": {kind: None for kind in PICTURED_KINDS},
         "whole_word": True,                   # units are whole words (False: single tokens)
         "content_spans": False,               # a selected content word also selects its adjacent content words
         "itm_neg_prob": 0.5,                  # METER: half of the pairs get another image's caption
