@@ -109,6 +109,10 @@ def test_subset_and_diagnostic_tables_hand_computed():
     assert diag["aux/v_coarse_AUC/face_swap"] == pytest.approx(100.0)
     assert np.isnan(diag["aux/v_coarse_AUC/face_attribute"])
     assert "aux/t_coarse_AUC/pristine_image" not in diag and "aux/v_coarse_AUC/text_swap" not in diag
+    # pair score of each fake_cls present against the orig pairs (.2, .6): text_swap .4 sits between them
+    assert {k: v for k, v in diag.items() if k.startswith("pair_AUC/")} == pytest.approx({
+        "pair_AUC/face_swap": 100.0, "pair_AUC/text_swap": 50.0, "pair_AUC/text_attribute": 100.0,
+        "pair_AUC/face_attribute&text_attribute": 100.0})
     assert {k: diag[k] for k in diag if k.startswith("count/")} == {
         "count/samples": 6, "count/fake": 4, "count/img_subset": 4, "count/txt_subset": 5,
         "count/img_fake": 2, "count/txt_fake": 3, "count/tokens": 16, "count/duplicates": 0}

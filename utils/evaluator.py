@@ -28,6 +28,8 @@ has ``cand_boxes`` and ``cand_mask`` (test.py --visualize draws them).
                    confusion: a face swap leaves a caption that names someone no longer pictured), and
                    within the pairs that are orig or exactly one manipulation of that modality:
                    aux/v_*_AUC/{face_swap,face_attribute}, aux/t_*_AUC/{text_swap,text_attribute}
+                   pair_AUC/<fake_cls>: AUC of the pair score within the orig pairs and those of one fake_cls,
+                   for each fake_cls present (which manipulations hold the Table 1 AUC down)
                    count/{samples,fake,img_subset,txt_subset,img_fake,txt_fake,tokens,duplicates}}
 
 y_v / y_t (image / text manipulated) are read from ``fake_cls`` ("face_" / "text_" in it). ``flatten_metrics``
@@ -171,6 +173,9 @@ class DGM4Evaluator:
             for kind in IMAGE_ONLY if key.startswith("v_") else TEXT_ONLY:  # one manipulation against the real pairs
                 rows = (fake_cls == "orig") | (fake_cls == kind)
                 diag[f"aux/{key}_AUC/{kind}"] = 100.0 * metrics.binary_auc(target[rows], d[key][rows])
+        for kind in sorted(set(fake_cls) - {"orig"}):
+            rows = (fake_cls == "orig") | (fake_cls == kind)
+            diag[f"pair_AUC/{kind}"] = 100.0 * metrics.binary_auc(d["label"][rows], d["score"][rows])
         diag.update(self._counts(d, img, txt, y_v, y_t))
         out["diagnostics"] = diag
         return out
