@@ -59,6 +59,12 @@ def _np(x, dtype):
     return np.asarray(x).astype(dtype)
 
 
+def _auc_against_orig(fake_cls, kind, target, scores):
+    """AUC (percent) of ``scores`` against ``target`` within the orig pairs and the pairs of one ``kind``."""
+    rows = (fake_cls == "orig") | (fake_cls == kind)
+    return 100.0 * metrics.binary_auc(target[rows], scores[rows])
+
+
 def _pad_cat(arrays, fill):
     """Concatenate (n_i, T_i) arrays along dim 0, right-padding the token axis with ``fill``."""
     width = max(a.shape[1] for a in arrays)
@@ -171,11 +177,9 @@ class DGM4Evaluator:
             for state, rows in (("pristine", ~other), ("edited", other)):
                 diag[f"aux/{key}_AUC/{state}_{name}"] = 100.0 * metrics.binary_auc(target[rows], d[key][rows])
             for kind in IMAGE_ONLY if key.startswith("v_") else TEXT_ONLY:  # one manipulation against the real pairs
-                rows = (fake_cls == "orig") | (fake_cls == kind)
-                diag[f"aux/{key}_AUC/{kind}"] = 100.0 * metrics.binary_auc(target[rows], d[key][rows])
+                diag[f"aux/{key}_AUC/{kind}"] = _auc_against_orig(fake_cls, kind, target, d[key])
         for kind in sorted(set(fake_cls) - {"orig"}):
-            rows = (fake_cls == "orig") | (fake_cls == kind)
-            diag[f"pair_AUC/{kind}"] = 100.0 * metrics.binary_auc(d["label"][rows], d["score"][rows])
+            diag[f"pair_AUC/{kind}"] = _auc_against_orig(fake_cls, kind, d["label"], d["score"])
         diag.update(self._counts(d, img, txt, y_v, y_t))
         out["diagnostics"] = diag
         return out
