@@ -371,6 +371,13 @@ def test_pretrain_script_exports_reuses_and_refuses(tiny_benchmark, tmp_path):
     assert "left over itm_score: 2 keys" in report.stdout and "rud" not in report.stdout  # export: METER's keys
     continued = run_script(*_pretrain(tiny_benchmark, str(tmp_path / "pt2"), f"pretrained.meter={ckpt}"))
     assert "pre-training heads from pretrained.meter: mlm_score 6, itm_score 2" in continued.stdout
+    probe = run_script("-m", "scripts.detector_probe", "--run", out, "--split", "val", "--weak-steps", "5")
+    assert "zero-shot on val (16 pairs)" in probe.stdout and "token AUC, pristine-image pairs: names " in probe.stdout
+    assert "sentence AUC (topk): all " in probe.stdout and ", edited_image " in probe.stdout
+    assert "5 steps on train) from random weights" in probe.stdout and "from the detector, sentence" in probe.stdout
+    no_detector = subprocess.run([sys.executable, "-m", "scripts.detector_probe", "--run", str(tmp_path / "pt2")],
+                                 cwd=ROOT, capture_output=True, text=True)
+    assert no_detector.returncode != 0 and "trained no replaced-unit detector" in no_detector.stderr
 
 
 def test_export_now_writes_a_stopped_run_and_the_run_continues(tiny_benchmark, tmp_path):
